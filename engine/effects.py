@@ -1,0 +1,102 @@
+"""What the core asks its driver to do. Plain frozen data; the driver pattern-matches on the type.
+
+Every effect is named in the imperative. The core never waits for an effect to be carried out:
+when the outcome matters (audio played, a job finished) the driver reports it back as an Event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "Effect",
+    "Send",
+    "Play",
+    "EndAudio",
+    "StopPlayback",
+    "StartJob",
+    "CancelJob",
+    "Save",
+    "Log",
+    "Enter",
+    "End",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this client event (it already carries its `event_id`)."""
+
+    event: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    """Queue this base64 pcm16 chunk for playback, after all audio queued before it."""
+
+    response_id: str
+    item_id: str | None
+    audio: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EndAudio:
+    """No more audio will come for this response: report `playback.done` once it has been heard."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopPlayback:
+    """Barge-in: silence playback now and drop queued audio, then report `playback.stopped`
+    with the `item_id` that was playing and `played_ms` of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartJob:
+    """Start background job `name` with `inputs`; report `job.<name>.done` or `.failed`."""
+
+    name: str
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Cancel background job `name` if it still runs (the core has stopped waiting for it)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Save:
+    """Write the session's outputs now (the sinks); `reason` is recorded with them."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str  # "info" | "warning" | "error"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enter:
+    """The flow entered `state` (from `source`, on `event`). For the trace and the live view."""
+
+    state: str
+    source: str | None
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The session is over: finish jobs and sinks, then hang up. `ok` is False unless a final
+    state was reached."""
+
+    reason: str
+    ok: bool
+
+
+Effect = Send | Play | EndAudio | StopPlayback | StartJob | CancelJob | Save | Log | Enter | End
