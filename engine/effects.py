@@ -19,7 +19,7 @@ __all__ = [
     "CancelJob",
     "Save",
     "Log",
-    "Enter",
+    "Fired",
     "End",
 ]
 
@@ -37,7 +37,7 @@ class Play:
 
     response_id: str
     item_id: str | None
-    audio: str = field(repr=False)
+    audio: str = field(repr=False, compare=False)  # traces keep only its length
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +82,16 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True)
-class Enter:
-    """The flow entered `state` (from `source`, on `event`). For the trace and the live view."""
+class Fired:
+    """A transition of the flow fired. For the trace, coverage and the live view.
 
-    state: str
+    `via` names it in the flow file: `states.<source>.transitions[<i>]`, `states.<source>.after[<i>]`,
+    or `initial`. `target` is None for an internal transition.
+    """
+
+    via: str
     source: str | None
+    target: str | None
     event: str
 
 
@@ -99,4 +104,4 @@ class End:
     ok: bool
 
 
-Effect = Send | Play | EndAudio | StopPlayback | StartJob | CancelJob | Save | Log | Enter | End
+Effect = Send | Play | EndAudio | StopPlayback | StartJob | CancelJob | Save | Log | Fired | End

@@ -104,6 +104,8 @@ _BARE_ACTIONS = {"respond": {}, "tool_result": {}, "truncate": True, "cancel_res
 def _action_shorthand(value: Any) -> Any:
     if isinstance(value, str) and value in _BARE_ACTIONS:
         return {value: _BARE_ACTIONS[value]}
+    if isinstance(value, dict) and len(value) > 1:
+        raise ValueError(f"an action has exactly one key, got {', '.join(map(str, value))}")
     if isinstance(value, dict) and len(value) == 1:
         key, arg = next(iter(value.items()))
         if key == "respond" and isinstance(arg, str):
@@ -292,8 +294,14 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
 def _to_data(node: yaml.Node, loc: tuple, src: _Source, constructor: yaml.SafeLoader) -> Any:
     src.values[loc] = _pos(node)
+    if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+        src.problems.append(Problem(src.path, *_pos(node), f"YAML tag '{node.tag}' is not allowed in a flow"))
+        return None
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -317,7 +325,11 @@ def _to_data(node: yaml.Node, loc: tuple, src: _Source, constructor: yaml.SafeLo
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_data(child, loc + (i,), src, constructor) for i, child in enumerate(node.value)]
-    return constructor.construct_object(node, deep=True)
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:  # e.g. !!python/name: safe loading refuses it
+        src.problems.append(Problem(src.path, *_pos(node), f"YAML: {exc.problem}"))
+        return None
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -458,6 +470,18 @@ def _resolve_instructions(flow: Flow, src: _Source, read: Callable[[str], str] |
     return resolved
 
 
+def _strings(value: Any, loc: tuple) -> Iterable[tuple[str, tuple]]:
+    """Every string inside a nested value, with its location (templates may stand in any)."""
+    if isinstance(value, str):
+        yield value, loc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, loc + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, loc + (i,))
+
+
 def template_names(text: str) -> list[str]:
     """The `{name.path}` references in an instruction template (`{{` and `}}` are literal)."""
     return [m[1].strip() for m in _TEMPLATE.finditer(text.replace("{{", "").replace("}}", ""))]
@@ -534,8 +558,8 @@ class _Checker:
             self.src.at(loc, f"'{event}' streams many times a second and cannot drive a transition")
         elif event.startswith("tool."):
             tool = event.removeprefix("tool.")
-            self.src.at(loc, f"unknown tool '{tool}' (declare it under session.tools)"
-                        f"{_suggest(event, known)}")
+            self.src.at(loc, f"unknown tool '{tool}'{_suggest(event, known)}; tools are declared under "
+                        f"session.tools")
         elif event.startswith("job."):
             self.src.at(loc, f"unknown job event '{event}' (jobs: {', '.join(self.flow.jobs) or 'none'})"
                         f"{_suggest(event, known)}")
@@ -555,8 +579,8 @@ class _Checker:
     def _check_action(self, state: str, action: _Action, loc: tuple) -> None:
         loc = loc + (action.name,)
         if action.name in ("start", "cancel") and action.arg not in self.flow.jobs:
-            self.src.at(loc, f"unknown job '{action.arg}'{_suggest(action.arg, self.flow.jobs)} "
-                        f"(declare it under jobs:)")
+            self.src.at(loc, f"unknown job '{action.arg}'{_suggest(action.arg, self.flow.jobs)}; jobs are "
+                        f"declared under `jobs:`")
         for text, where in self._templates(action):
             for name in template_names(text):
                 self._check_template(name, loc + where)
@@ -566,8 +590,8 @@ class _Checker:
         arg = action.arg
         if isinstance(arg, Respond):
             yield from ((getattr(arg, k), (k,)) for k in ("instructions", "input") if getattr(arg, k))
-        elif isinstance(arg, ToolResult) and isinstance(arg.output, str):
-            yield arg.output, ("output",)
+        elif isinstance(arg, ToolResult):
+            yield from _strings(arg.output, ("output",))
         elif action.name == "log":
             yield arg, ()
 
@@ -591,6 +615,9 @@ class _Checker:
                 if target in flow.states and target not in seen:
                     seen.add(target)
                     todo.append(target)
+        targets = [t.target for s in flow.states.values() for t in [*s.transitions, *s.after] if t.target]
+        if any(t not in flow.states for t in targets):
+            return  # the graph has holes already reported; reachability would only echo them
         for name in flow.states:
             if name not in seen:
                 self.src.at(("states", name), f"state '{name}' is unreachable from '{flow.initial}'", key=True)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from transitions import Machine
 
-from .effects import CancelJob, Effect, End, EndAudio, Enter, Log, Play, Save, Send, StartJob, StopPlayback
+from .effects import CancelJob, Effect, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
 from .errors import TemplateError
 from .events import Event
 from .flow import Flow, Respond, ToolResult, template_names
@@ -60,7 +60,8 @@ class Interview:
         self._effects: list[Effect] = []
         self._event: Event | None = None  # the event being handled (for guards and actions)
         self._now = 0.0
-        self._ids = 0
+        self._ids = 0  # client event ids: evt_1, evt_2, ...
+        self._requests = 0  # response requests: r1, r2, ... (echoed in response.metadata)
         self._gate = Gate(self._new_event_id)
         # Per state: events seen since entry (for joins), requests it made, its timeouts.
         self._seen: set[str] = set()
@@ -89,7 +90,8 @@ class Interview:
         """Configure the session and enter the initial state. Send the effects, then wait for events."""
         self._now = now
         self._send(self._session_update())
-        self._enter(self.flow.initial, None, "start")
+        self._effects.append(Fired("initial", None, self.flow.initial, "start"))
+        self._enter(self.flow.initial)
         return self._flush()
 
     def receive(self, event: Event, now: float) -> list[Effect]:
@@ -337,14 +339,16 @@ class Interview:
                                 model_override=False)
         for name, state in self.flow.states.items():
             triggers = self._triggers.setdefault(name, set())
-            for tr in state.transitions:
+            for i, tr in enumerate(state.transitions):
+                via = f"states.{name}.transitions[{i}]"
                 for event in tr.events:
                     triggers.add(event)
                     self._machine.add_transition(event, name, tr.target, conditions=[self._condition(tr)],
-                                                 before=[self._runner(name, tr.target, tr.actions)])
+                                                 before=[self._runner(via, name, tr.target, tr.actions)])
             for i, timeout in enumerate(state.after):
+                via = f"states.{name}.after[{i}]"
                 self._machine.add_transition(f"after.{i}", name, timeout.target,
-                                             before=[self._runner(name, timeout.target, timeout.actions)])
+                                             before=[self._runner(via, name, timeout.target, timeout.actions)])
             self._machine.get_state(name).on_enter.append(self._on_enter_state)
 
     def _condition(self, tr) -> Callable[[Any], bool]:
@@ -352,8 +356,9 @@ class Interview:
             return all(e in self._seen for e in tr.events) and all(self._guard(g) for g in tr.guard)
         return holds
 
-    def _runner(self, source: str, target: str | None, actions) -> Callable[[Any], None]:
-        def run(_: Any) -> None:
+    def _runner(self, via: str, source: str, target: str | None, actions) -> Callable[[Any], None]:
+        def run(event_data: Any) -> None:
+            self._effects.append(Fired(via, source, target, event_data.event.name))
             if target is not None:  # external: leave the source first (UML order: exit, actions, enter)
                 self._run_actions(self.flow.states[source].exit)
                 self._leave(source)
@@ -366,20 +371,15 @@ class Interview:
         if self.done or name not in self._triggers.get(self.state, ()):
             return False
         self._seen.add(name)
-        source = self.state
-        fired = self._model.trigger(name)
-        if fired and self.state == source and not self.done:
-            self._log("info", f"{source}: internal transition on {name}")
-        return bool(fired)
+        return bool(self._model.trigger(name))
 
     def _on_enter_state(self, event_data: Any) -> None:
-        self._enter(event_data.state.name, event_data.transition.source, event_data.event.name)
+        self._enter(event_data.state.name)
 
-    def _enter(self, name: str, source: str | None, trigger: str) -> None:
+    def _enter(self, name: str) -> None:
         state = self.flow.states[name]
         self._owner = name
         self._deadlines = [(self._now + t.delay, f"after.{i}") for i, t in enumerate(state.after)]
-        self._effects.append(Enter(name, source, trigger))
         self._run_actions(state.enter)
         if state.final and not self.done:
             self._end(f"reached final state '{name}'", ok=True)
@@ -446,8 +446,8 @@ class Interview:
         if arg.input is not None:
             self._send({"type": "conversation.item.create", "item": {
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": self._render(arg.input)}]}})
-        self._ids += 1
-        req = Request(tag=f"r{self._ids}", owner=self._owner, body=body)
+        self._requests += 1
+        req = Request(tag=f"r{self._requests}", owner=self._owner, body=body)
         self._owned.add(req.tag)
         self._send_all(self._gate.request(req, self._now))
 
@@ -455,9 +455,9 @@ class Interview:
         if self._tool_call_id is None:
             self._log("warning", f"{self.state}: tool_result with no tool call to answer")
             return
-        output = arg.output if isinstance(arg.output, str) else json.dumps(arg.output)
+        output = self._render(arg.output) if isinstance(arg.output, str) else json.dumps(self._render_all(arg.output))
         self._send({"type": "conversation.item.create", "item": {
-            "type": "function_call_output", "call_id": self._tool_call_id, "output": self._render(output)}})
+            "type": "function_call_output", "call_id": self._tool_call_id, "output": output}})
 
     def _start_job(self, name: str) -> None:
         job = self.flow.jobs[name]
@@ -500,6 +500,15 @@ class Interview:
                                         f"has yet ('{part}' is missing)")
             text = text.replace("{" + name + "}", str(value))
         return text.replace("{{", "{").replace("}}", "}")
+
+    def _render_all(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._render(value)
+        if isinstance(value, dict):
+            return {k: self._render_all(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._render_all(v) for v in value]
+        return value
 
     def _add_turn(self, role: str, text: str, **extra: Any) -> None:
         self.turns.append({"role": role, "text": text, "t": self._now, **extra})

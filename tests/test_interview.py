@@ -1,0 +1,311 @@
+"""The sans-I/O core, driven by scripted (t, event) traces. Time is data; nothing sleeps."""
+
+import itertools
+
+import pytest
+
+from engine.effects import CancelJob, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
+from engine.interview import Interview
+
+from helpers import (answer, audio, audio_done, created, done, error, feed, flow_from, job_done, job_failed,
+                     load_flow, playback_done, playback_stopped, sends, speech_started, tags, tool_call,
+                     transcript_done)
+
+SUMMARY = {"summary": "Your English is around B1.", "overall": {"band": "B1"}}
+
+
+def create(tag, event_id, state, instructions=None):
+    body = {"metadata": {"engine_request": tag, "state": state}}
+    if instructions is not None:
+        body = {"instructions": instructions, **body}
+    return Send({"type": "response.create", "event_id": event_id, "response": body})
+
+
+def fired(effects):
+    return [(f.source, f.target, f.event) for f in effects if isinstance(f, Fired)]
+
+
+def effect_kinds(effects):
+    return [type(e).__name__ for e in effects if not isinstance(e, Log)]
+
+
+# The seed's ending: ack -> summary -> goodbye -------------------------------------------------
+
+
+def test_seed_happy_path_exact_effects():
+    iv = Interview(load_flow("seed.yaml"))
+    start = iv.start(0.0)
+    assert start[1:] == [
+        Fired("initial", None, "ack", "start"),
+        StartJob("assessment", {"turns": [], "options": {}}),
+        create("r1", "evt_2", "ack", 'Say: "Thank you. One moment while I prepare your feedback."'),
+    ]
+    assert start[0].event["type"] == "session.update" and start[0].event["event_id"] == "evt_1"
+
+    assert feed(iv, [(0.4, created("resp_a", "r1"))]) == []
+    assert feed(iv, [(0.5, audio("resp_a", "item_a", 1000))]) == [Play("resp_a", "item_a", "")]
+    assert feed(iv, [(0.6, audio_done("resp_a", "item_a"))]) == [EndAudio("resp_a")]
+    assert feed(iv, [(0.6, transcript_done("resp_a", "item_a", "Thank you.", beta=True))]) == []
+    assert feed(iv, [(0.7, done("resp_a", "r1"))]) == []
+    summary = feed(iv, [(1.5, job_done("assessment", SUMMARY))])
+    assert summary == [
+        Fired("states.ack.transitions[0]", "ack", "summary", "job.assessment.done"),
+        create("r2", "evt_3", "summary", 'Say: "Your English is around B1."'),
+    ]
+    assert feed(iv, [(1.6, created("resp_b", "r2")), (1.7, audio_done("resp_b", "item_b")),
+                     (1.8, done("resp_b", "r2"))]) == [EndAudio("resp_b")]
+    # The ack's audio finishing is not the summary's: it moves nothing.
+    assert feed(iv, [(1.9, playback_done("resp_a", "item_a"))]) == []
+    assert feed(iv, [(2.4, playback_done("resp_b", "item_b"))]) == [
+        Fired("states.summary.transitions[0]", "summary", "goodbye", "playback.done"),
+        create("r3", "evt_4", "goodbye", 'Say: "Goodbye!"'),
+    ]
+    feed(iv, [(2.5, created("resp_c", "r3")), (2.6, done("resp_c", "r3"))])
+    assert feed(iv, [(3.0, playback_done("resp_c"))]) == [
+        Fired("states.goodbye.transitions[0]", "goodbye", "done", "playback.done"),
+        End("reached final state 'done'", ok=True),
+    ]
+    assert iv.done and iv.next_deadline() is None
+    assert feed(iv, [(3.1, done("resp_c", "r3"))]) == []
+    assert [t["text"] for t in iv.turns] == ["Thank you."]
+
+
+def ack_response(order):
+    """The ack response's events, its three terminal events in `order`."""
+    terminal = {
+        "audio": audio_done("resp_a", "item_a"),
+        "transcript": transcript_done("resp_a", "item_a", "Thank you."),
+        "done": done("resp_a", "r1"),
+        "job": job_done("assessment", SUMMARY),
+    }
+    return [created("resp_a", "r1"), audio("resp_a", "item_a", 800)] + [terminal[k] for k in order]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["audio", "transcript", "done", "job"])),
+                         ids="-".join)
+def test_seed_ack_in_every_order(order):
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    effects = feed(iv, [(0.1 * (i + 1), e) for i, e in enumerate(ack_response(order))])
+    # Whatever the order, the join fires once, on the last of its three events, and asks for the summary.
+    names = {"transcript": "response.output_audio_transcript.done", "done": "response.done",
+             "job": "job.assessment.done"}
+    last = [names[k] for k in order if k in names][-1]
+    assert fired(effects) == [("ack", "summary", last)]
+    assert tags(effects) == ["r2"]
+    assert effect_kinds(effects).count("EndAudio") == 1
+    assert iv.state == "summary"
+
+
+def test_seed_missing_transcript_takes_the_timeout_path():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.2, e) for e in ack_response(["audio", "done", "job"])])
+    assert iv.state == "ack" and iv.next_deadline() == 8.0
+    assert feed(iv, [(7.99, None)]) == []
+    effects = feed(iv, [(8.0, None)])
+    assert effects == [Fired("states.ack.after[0]", "ack", "summary_fallback", "after.0"),
+                       create("r2", "evt_3", "summary_fallback",
+                              'Say: "Your feedback will be in your written report."')]
+
+
+def test_seed_timeout_fires_before_a_later_event():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    # The transcript arrives at 9 s, after the 8 s timeout: the timeout happened first.
+    effects = feed(iv, [(0.2, e) for e in ack_response(["audio", "done", "job"])]
+                   + [(9.0, transcript_done("resp_a", "item_a", "late"))])
+    assert fired(effects) == [("ack", "summary_fallback", "after.0")]
+
+
+def test_duplicate_response_done_moves_once():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done", "job"])])
+    feed(iv, [(1.0, created("resp_b", "r2")), (1.1, done("resp_b", "r2"))])
+    first = feed(iv, [(1.5, playback_done("resp_b"))])
+    assert fired(first) == [("summary", "goodbye", "playback.done")]
+    dup = done("resp_b", "r2")  # the same response done again, with a new event id
+    assert feed(iv, [(1.6, dup), (1.7, dup)]) == [Log("info", f"duplicate event response.done {dup.event_id} ignored")]
+    assert iv.state == "goodbye" and tags(first) == ["r3"]
+
+
+def test_late_done_of_an_earlier_response_is_recorded_and_ignored():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    # ack's response never completes in time; the flow has moved on when its done arrives.
+    feed(iv, [(0.1, created("resp_a", "r1")), (0.2, job_done("assessment", SUMMARY)), (8.0, None)])
+    assert iv.state == "summary_fallback"
+    effects = feed(iv, [(8.5, audio_done("resp_a", "item_a")),
+                        (8.6, transcript_done("resp_a", "item_a", "x")), (8.7, done("resp_a", "r1"))])
+    assert fired(effects) == [] and iv.state == "summary_fallback"
+    # ...but it frees the gate, so the fallback's queued response goes out now.
+    assert tags(effects) == ["r2"]
+    assert [s["type"] for s in iv.stale] == [
+        "response.output_audio.done", "response.output_audio_transcript.done", "response.done"]
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled", "incomplete"])
+def test_failed_response_takes_the_guarded_path(status):
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done", "job"])])
+    effects = feed(iv, [(1.0, created("resp_b", "r2")), (1.1, done("resp_b", "r2", status=status))])
+    assert fired(effects) == [("summary", "goodbye", "response.done")]
+
+
+def test_collision_error_requeues_and_the_response_goes_out_after_done():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    # The server had a response of its own running: our create is rejected.
+    effects = feed(iv, [(0.1, created("resp_srv")), (0.2, error(
+        "conversation_already_has_active_response", "Conversation already has an active response", "evt_2"))])
+    assert sends(effects) == []
+    effects = feed(iv, [(0.9, done("resp_srv"))])
+    assert tags(effects) == ["r1"] and sends(effects)[0]["event_id"] == "evt_3"
+    feed(iv, [(1.0, created("resp_a", "r1")), (1.1, transcript_done("resp_a", "i", "t")),
+              (1.2, done("resp_a", "r1"))])
+    assert fired(feed(iv, [(1.3, job_done("assessment", SUMMARY))])) == [("ack", "summary", "job.assessment.done")]
+
+
+def test_template_error_names_the_state_and_ends_the_session():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    effects = feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done"])]
+                   + [(0.5, job_done("assessment", {"overall": {}}))])
+    message = "state 'summary': template {assessment.summary} names nothing the session has yet ('summary' is missing)"
+    assert effects[-2:] == [Log("error", message), End(message, ok=False)]
+
+
+# The assessment flow ---------------------------------------------------------------------------
+
+
+def question(iv, tag, rid, t, text="Tell me about yourself."):
+    return feed(iv, [(t, created(rid, tag)), (t + 0.1, audio(rid, f"it_{rid}", 2000)),
+                     (t + 0.2, audio_done(rid, f"it_{rid}")), (t + 0.2, transcript_done(rid, f"it_{rid}", text)),
+                     (t + 0.3, done(rid, tag))])
+
+
+def to_ack(iv):
+    """Greeting, one answer, then the model calls trigger_assessment. Returns the effects of the call."""
+    feed(iv, [])
+    question(iv, "r1", "resp_1", 0.5)
+    effects = feed(iv, [(2.6, playback_done("resp_1")), (3.0, speech_started("u1")), (6.0, answer("u1", "I am Ana."))])
+    assert iv.state == "asking" and tags(effects) == ["r2"]
+    return feed(iv, [(6.5, created("resp_2", "r2")), (6.6, tool_call("resp_2", "call_1", "trigger_assessment",
+                                                                     '{"reason": "enough"}'))])
+
+
+def test_tool_call_acknowledges_and_starts_the_assessment_while_the_gate_holds_the_ack():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    effects = to_ack(iv)
+    assert fired(effects) == [("asking", "ack", "tool.trigger_assessment")]
+    assert sends(effects, "conversation.item.create") == [{
+        "event_id": "evt_4", "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"status": "assessment started"}'}}]
+    assert StartJob("assessment", {"turns": [
+        {"role": "interviewer", "text": "Tell me about yourself.", "t": 0.7, "response_id": "resp_1", "item_id": "it_resp_1"},
+        {"role": "candidate", "text": "I am Ana.", "t": 6.0, "item_id": "u1", "start": 3.0, "end": None}],
+        "options": {}}) in effects
+    assert tags(effects) == []  # asking's response (the tool call) is still active: the ack waits
+    effects = feed(iv, [(6.8, done("resp_2", "r2"))])
+    assert tags(effects) == ["r3"]
+
+
+def test_no_dead_air_summary_is_requested_while_the_ack_still_plays():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    to_ack(iv)
+    feed(iv, [(6.8, done("resp_2", "r2")), (7.0, created("resp_3", "r3")), (7.1, audio("resp_3", "a3", 3000)),
+              (7.3, audio_done("resp_3", "a3")), (7.4, done("resp_3", "r3"))])
+    effects = feed(iv, [(8.0, job_done("assessment", SUMMARY))])
+    assert fired(effects) == [("ack", "summary", "job.assessment.done")]
+    [request] = sends(effects, "response.create")
+    assert request["response"]["instructions"].endswith('"Your English is around B1."')
+    assert Save("assessment ready") in effects
+
+
+def test_barge_in_stops_playback_cancels_and_truncates_what_was_heard():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.5, created("resp_1", "r1")), (0.6, audio("resp_1", "it1", 1500))])
+    effects = feed(iv, [(1.0, speech_started("u1"))])
+    assert effects == [Fired("states.greeting.transitions[2]", "greeting", "listening", "speech.started"),
+                       StopPlayback(), Send({"event_id": "evt_3", "type": "response.cancel"})]
+    # The player heard 1,700 ms by its clock, but only 1,500 ms were ever received: clamp.
+    effects = feed(iv, [(1.1, playback_stopped("resp_1", "it1", 1700))])
+    assert sends(effects) == [{"event_id": "evt_4", "type": "conversation.item.truncate", "item_id": "it1",
+                               "content_index": 0, "audio_end_ms": 1500}]
+    # Audio still arriving for the interrupted response is not played.
+    assert feed(iv, [(1.2, audio("resp_1", "it1", 100))]) == []
+
+
+def test_barge_in_with_nothing_played_sends_no_truncate():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.5, created("resp_1", "r1")), (0.6, audio("resp_1", "it1", 500)), (0.7, speech_started("u1"))])
+    assert sends(feed(iv, [(0.8, playback_stopped("resp_1", "it1", 0))])) == []
+
+
+def test_speech_while_silent_is_not_a_barge_in():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    effects = feed(iv, [(0.5, created("resp_1", "r1")), (0.6, speech_started("u1"))])
+    assert fired(effects) == [] and iv.state == "greeting"
+
+
+def test_lost_function_call_event_is_recovered_from_response_done():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    question(iv, "r1", "resp_1", 0.5)
+    feed(iv, [(2.6, playback_done("resp_1")), (6.0, answer("u1", "I am Ana."))])
+    output = [{"type": "function_call", "id": "fc1", "call_id": "call_9", "name": "trigger_assessment",
+               "arguments": "{}"}]
+    effects = feed(iv, [(6.5, created("resp_2", "r2")), (6.9, done("resp_2", "r2", output=output))])
+    assert fired(effects) == [("asking", "ack", "tool.trigger_assessment")]
+    assert sends(effects, "conversation.item.create")[0]["item"]["call_id"] == "call_9"
+
+
+def test_connection_closed_ends_the_session_unless_the_flow_handles_it():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    from engine.events import Event
+    effects = iv.receive(Event("session.closed", data={"reason": "server closed the connection (1001)"}), 3.0)
+    assert effects == [End("connection closed in state 'greeting': server closed the connection (1001)", ok=False)]
+
+
+def test_enough_answers_without_a_tool_call_assesses_anyway():
+    iv = Interview(load_flow("assessment.yaml"))
+    effects = iv.start(0.0)
+    t = 0.0
+    for n in range(1, 7):
+        [tag] = tags(effects)
+        question(iv, tag, f"resp_{n}", t + 0.5)
+        effects = feed(iv, [(t + 2.6, playback_done(f"resp_{n}")), (t + 6.0, answer(f"u{n}", f"Answer {n}."))])
+        t += 10
+    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.transcript")
+    assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, Send))] == ["StartJob", "Send"]
+
+
+def test_job_timeout_cancels_it_and_the_flow_falls_back():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    to_ack(iv)  # the job started at 6.6 s with a 20 s limit; ack itself waits 25 s
+    feed(iv, [(6.8, done("resp_2", "r2")), (7.0, created("resp_3", "r3")), (7.4, done("resp_3", "r3"))])
+    assert iv.next_deadline() == pytest.approx(26.6)
+    effects = feed(iv, [(26.6, None)])
+    assert effects[:2] == [CancelJob("assessment"), Log("warning", "job 'assessment' timed out")]
+    assert fired(effects) == [("ack", "summary_fallback", "job.assessment.failed")]
+    assert feed(iv, [(27.0, job_done("assessment", SUMMARY))]) == []  # too late: recorded only
+    assert iv.stale[-1]["why"] == "job 'assessment' is not running"
+
+
+def test_job_failure_goes_to_the_fallback_summary():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    to_ack(iv)
+    feed(iv, [(6.8, done("resp_2", "r2")), (7.0, created("resp_3", "r3")), (7.4, done("resp_3", "r3"))])
+    effects = feed(iv, [(8.0, job_failed("assessment"))])
+    assert fired(effects) == [("ack", "summary_fallback", "job.assessment.failed")]
+    assert Log("warning", "job 'assessment' failed: boom") in effects
