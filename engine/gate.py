@@ -94,6 +94,8 @@ class Gate:
         self.sent: dict[str, Request] = {}
         # Responses that are over: their late or duplicate events change nothing.
         self.finished: set[str] = set()
+        # Whether the server echoes response.metadata (OpenAI does): then untagged means foreign.
+        self.echoes_metadata = False
 
     @property
     def state(self) -> GateState:
@@ -113,12 +115,18 @@ class Gate:
         if response_id in self.finished or response_id == self.active:
             return []
         self._claim(response_id, tag)
-        self.active = response_id
-        self.unknown_until = None
+        # Keep waiting for the response already active: only its own done frees the gate.
+        if self.active in (None, UNKNOWN):
+            self.active = response_id
+            self.unknown_until = None
         return self._pump(now)
 
-    def done(self, response_id: str, tag: str | None, payload: Any, now: float) -> tuple[Request | None, list[dict]]:
-        """`response.done`. Returns the request it answers (None if foreign, duplicate or retried)."""
+    def done(self, response_id: str, tag: str | None, payload: Any, now: float,
+             retry: Callable[[Request], bool] = lambda req: True) -> tuple[Request | None, list[dict]]:
+        """`response.done`. Returns the request it answers (None if foreign, duplicate or retried).
+
+        A rate-limited response is asked for again after a backoff if `retry(request)` says it is
+        still wanted."""
         if response_id in self.finished:
             return None, []
         self._claim(response_id, tag)
@@ -126,7 +134,8 @@ class Gate:
         if self.active in (response_id, UNKNOWN):
             self.active = None
         req = self.owners.get(response_id)
-        if req is not None and is_rate_limited(payload) and req.rate_limits < len(RATE_LIMIT_BACKOFF):
+        if (req is not None and is_rate_limited(payload) and req.rate_limits < len(RATE_LIMIT_BACKOFF)
+                and retry(req)):
             req.not_before = now + RATE_LIMIT_BACKOFF[req.rate_limits]
             req.rate_limits += 1
             self.queue.appendleft(req)
@@ -182,11 +191,14 @@ class Gate:
 
     def _claim(self, response_id: str, tag: str | None) -> None:
         """Attribute a response to the pending create when the server says it is that one."""
+        if tag is not None:
+            self.echoes_metadata = True
         if self.pending is None or response_id in self.owners:
             return
         req, _ = self.pending
-        # Servers that do not echo metadata send tag None; with one create in flight it is ours.
-        if tag is None or tag == req.tag:
+        # A server that never echoes metadata sends tag None: with one create in flight it is ours.
+        # Once it has echoed a tag, an untagged response is someone else's.
+        if tag == req.tag or (tag is None and not self.echoes_metadata):
             self.owners[response_id] = req
             self.pending = None
 

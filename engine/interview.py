@@ -209,7 +209,8 @@ class Interview:
         if rid in self._gate.finished:
             self._stale(event, "duplicate response.done")
             return
-        req, sends = self._gate.done(rid, event.metadata.get("engine_request"), event.data.get("response"), self._now)
+        req, sends = self._gate.done(rid, event.metadata.get("engine_request"), event.data.get("response"), self._now,
+                                     retry=lambda r: r.tag in self._owned)
         if req is None and self._gate.owner_of(rid) is not None:
             self._log("warning", f"response {rid} failed on a rate limit; asking again after a backoff")
             self._superseded.add(rid)
