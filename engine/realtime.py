@@ -34,10 +34,11 @@ MAX_FRAME = 16 * 1024 * 1024  # audio deltas can be large; the API allows 15 MiB
 class Endpoint:
     url: str | None  # None: start the embedded simulator
     api_key: str | None = None
+    simulated: bool = False  # the embedded simulator's own URL
 
     @property
     def kind(self) -> str:
-        if self.url is None:
+        if self.url is None or self.simulated:
             return "simulator"
         return "openai" if self.url.startswith(OPENAI_URL) else "custom"
 

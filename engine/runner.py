@@ -80,6 +80,10 @@ class Session:
     async def run(self) -> Result:
         self.folder.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        # Jobs may load data once per process (the assessment's dictionaries): do it before the
+        # clock starts, so it never stalls the event loop mid-interview.
+        await asyncio.gather(*(asyncio.to_thread(fn.warm_up) for fn in self.job_fns.values()
+                               if hasattr(fn, "warm_up")))
         self._t0 = loop.time()
         self.trace = TraceWriter(self.folder / "trace.jsonl", {
             "flow": self.flow.path, "session": self.id, "speed": self.speed, "endpoint": self.endpoint.kind},
@@ -250,7 +254,7 @@ async def run_session(flow: Flow, args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"engine run: {exc}")
                 return 2
-            endpoint = Endpoint(f"{sim.url}?model={args.model}")
+            endpoint = Endpoint(f"{sim.url}?model={args.model}", simulated=True)
         session = Session(flow, endpoint, out=args.out, audio=args.audio, speed=args.speed, view=view,
                           live_input=endpoint.kind == "openai")
         result = await session.run()
