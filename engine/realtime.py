@@ -104,4 +104,17 @@ class Transport:
         return text + (f": {redact(close.reason, self._secret)})" if close.reason else ")")
 
     async def close(self) -> None:
-        await self._ws.close()
+        # Keep reading while closing: a stopped reader lets unread frames block the server's close
+        # frame, and close() would wait its full timeout.
+        drain = asyncio.create_task(self._drain())
+        try:
+            await self._ws.close()
+        finally:
+            drain.cancel()
+
+    async def _drain(self) -> None:
+        try:
+            async for _ in self._ws:
+                pass
+        except websockets.ConnectionClosed:
+            pass
