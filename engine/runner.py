@@ -28,7 +28,7 @@ from .interview import Interview
 from .jobs import JobFn, Jobs, registry
 from .realtime import Endpoint, Transport, choose_endpoint
 from .sinks import SINKS, Sink, save_all
-from .trace import TraceWriter
+from .trace import TraceWriter, flow_identity
 from .ui import PlainView, make_view
 
 __all__ = ["Session", "Result", "run_session"]
@@ -86,8 +86,8 @@ class Session:
                                if hasattr(fn, "warm_up")))
         self._t0 = loop.time()
         self.trace = TraceWriter(self.folder / "trace.jsonl", {
-            "flow": self.flow.path, "session": self.id, "speed": self.speed, "endpoint": self.endpoint.kind},
-            secret=self.endpoint.api_key)
+            **flow_identity(self.flow.path), "session": self.id, "speed": self.speed,
+            "endpoint": self.endpoint.kind}, secret=self.endpoint.api_key)
         self.view.start(f"{self.flow.name} — session {self.id} ({self.endpoint.kind})")
         interrupted = False
         try:
@@ -122,6 +122,7 @@ class Session:
     # The loop.
 
     async def _drive(self) -> None:
+        self.trace.start(0.0)
         await self._execute(self.iv.start(0.0), 0.0)
         while not self.iv.done:
             deadline = self.iv.next_deadline()

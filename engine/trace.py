@@ -14,6 +14,7 @@ Audio payloads are kept as their length only, so a trace stays small; the core o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 from .effects import Effect, Play
 from .events import Event, normalise
 
-__all__ = ["TraceWriter", "read", "event_record", "event_from_record", "effect_record", "redact"]
+__all__ = ["TraceWriter", "read", "flow_identity", "event_record", "event_from_record", "effect_record", "redact"]
 
 _AUDIO_KEYS = ("delta", "audio")
 
@@ -63,6 +64,14 @@ def effect_record(effect: Effect) -> dict[str, Any]:
     if "event" in fields and not isinstance(fields["event"], str):
         fields["event"] = dict(fields["event"])
     return {"effect": type(effect).__name__, **fields}
+
+
+def flow_identity(path: str) -> dict[str, str]:
+    """Where the flow came from and a hash of its text, so a replay can tell it has changed."""
+    file = Path(path)
+    if not file.is_file():
+        return {"flow": path}
+    return {"flow": str(file.resolve()), "flow_sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
 
 
 class TraceWriter:
