@@ -79,7 +79,7 @@ class Session:
 
     async def run(self) -> Result:
         self.folder.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         # Jobs may load data once per process (the assessment's dictionaries): do it before the
         # clock starts, so it never stalls the event loop mid-interview.
         await asyncio.gather(*(asyncio.to_thread(fn.warm_up) for fn in self.job_fns.values()
@@ -88,7 +88,7 @@ class Session:
         self.trace = TraceWriter(self.folder / "trace.jsonl", {
             **flow_identity(self.flow.path), "session": self.id, "speed": self.speed,
             "endpoint": self.endpoint.kind}, secret=self.endpoint.api_key)
-        self.view.start(f"{self.flow.name} — session {self.id} ({self.endpoint.kind})")
+        self.view.start(f"{self.flow.name} — session {self.id} ({self.endpoint.kind})", self.now)
         interrupted = False
         try:
             self.transport = await self.connect(self.endpoint)
@@ -117,7 +117,7 @@ class Session:
         return await self._finish(self.player, interrupted)
 
     def now(self) -> float:
-        return (asyncio.get_running_loop().time() - self._t0) * self.speed
+        return (self._loop.time() - self._t0) * self.speed  # loop.time() is safe from any thread
 
     # The loop.
 

@@ -6,7 +6,7 @@ Both views only display what the runner hands them; neither decides anything.
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from .effects import Fired
 from .events import Event
@@ -20,7 +20,7 @@ class PlainView:
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
 
-    def start(self, title: str) -> None:
+    def start(self, title: str, clock: Callable[[], float]) -> None:
         self._line(title)
 
     def event(self, t: float, event: Event) -> None:
@@ -60,16 +60,16 @@ class LiveView(PlainView):
         self.jobs: dict[str, str] = {}
         self.lines: list[str] = []
         self.partial = ""
-        self.t = 0.0
         self.title = ""
-        self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
+        self.clock: Callable[[], float] = lambda: 0.0
+        # Rendered afresh on every refresh, so the clock and the timeout count down between events.
+        self._live = Live(get_renderable=self._render, console=self.console, refresh_per_second=8)
 
-    def start(self, title: str) -> None:
-        self.title = title
+    def start(self, title: str, clock: Callable[[], float]) -> None:
+        self.title, self.clock = title, clock
         self._live.start()
 
     def event(self, t: float, event: Event) -> None:
-        self.t = t
         kind = event.type
         if kind == "response.output_audio_transcript.delta":
             self.partial += str(event.data.get("delta", ""))
@@ -81,38 +81,29 @@ class LiveView(PlainView):
         elif kind.startswith("job."):
             _, name, outcome = kind.split(".", 2)
             self.jobs[name] = outcome
-        self._refresh()
 
     def fired(self, t: float, fired: Fired, deadline: float | None) -> None:
-        self.t = t
         if fired.target:
             self.state = fired.target
         self.deadline = deadline
-        self._refresh()
 
     def log(self, t: float, level: str, message: str) -> None:
         if level != "info":
             self.lines.append(f"[yellow]{level}[/] {message}")
-            self._refresh()
-
-    def job_started(self, name: str) -> None:
-        self.jobs[name] = "running"
 
     def stop(self) -> None:
-        self._live.update(self._render())
+        self._live.refresh()
         self._live.stop()
-
-    def _refresh(self) -> None:
-        self._live.update(self._render())
 
     def _render(self) -> Any:
         from rich.panel import Panel
         from rich.table import Table
 
         head = Table.grid(padding=(0, 2))
-        timer = f"timeout in {self.deadline - self.t:4.1f}s" if self.deadline is not None else ""
+        now = self.clock()
+        timer = f"timeout in {max(0.0, self.deadline - now):4.1f}s" if self.deadline is not None else ""
         jobs = ", ".join(f"{k}: {v}" for k, v in self.jobs.items()) or "none"
-        head.add_row(f"[bold]state[/] {self.state}", f"[bold]t[/] {self.t:6.1f}s", timer, f"[bold]jobs[/] {jobs}")
+        head.add_row(f"[bold]state[/] {self.state}", f"[bold]t[/] {now:6.1f}s", timer, f"[bold]jobs[/] {jobs}")
         body = "\n".join(self.lines[-14:] + ([f"[dim cyan]interviewer[/] [dim]{self.partial}[/]"] if self.partial else []))
         grid = Table.grid()
         grid.add_row(head)
