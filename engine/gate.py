@@ -4,8 +4,8 @@ Rules of this module:
 1. The Realtime API allows one response in progress per conversation. The gate sends the head of
    its queue only when no create is pending and no response is active; nothing else sends
    `response.create`. That one condition (`_free`) is the whole collision-safety argument.
-2. A create is resolved by `response.created` / the first event naming a new response (then the
-   response is active) or by an `error` that echoes its `event_id` (then it is gone).
+2. A create is resolved by the `response.created` or `response.done` that echoes its tag in
+   `response.metadata` (then the response is ours) or by an `error` that echoes its `event_id`.
 3. Inputs never raise: a late, duplicate or foreign event changes nothing it should not.
 
 States (derived, see `state`):  IDLE -request-> REQUESTED -created-> ACTIVE -done-> IDLE
@@ -85,8 +85,9 @@ class Gate:
         self.queue: deque[Request] = deque()
         # The create we sent and its event_id, until created / error / done resolves it.
         self.pending: tuple[Request, str] | None = None
-        # Id of the response in progress on the server (ours or not), UNKNOWN, or None.
-        self.active: str | None = None
+        # Responses in progress on the server (ours or not); UNKNOWN when an error says one runs
+        # that we never saw. Normally at most one; more only when a done was lost.
+        self.active: set[str] = set()
         # Deadline after which an UNKNOWN active response is presumed over.
         self.unknown_until: float | None = None
         # Response id -> the request that produced it; event_id -> request, for errors.
@@ -94,14 +95,12 @@ class Gate:
         self.sent: dict[str, Request] = {}
         # Responses that are over: their late or duplicate events change nothing.
         self.finished: set[str] = set()
-        # Whether the server echoes response.metadata (OpenAI does): then untagged means foreign.
-        self.echoes_metadata = False
 
     @property
     def state(self) -> GateState:
         if self.pending is not None:
             return REQUESTED
-        return ACTIVE if self.active is not None else IDLE
+        return ACTIVE if self.active else IDLE
 
     # Public inputs.
 
@@ -112,13 +111,13 @@ class Gate:
 
     def created(self, response_id: str, tag: str | None, now: float) -> list[dict]:
         """`response.created` (or the first event naming an unseen response)."""
-        if response_id in self.finished or response_id == self.active:
+        if response_id in self.finished or response_id in self.active:
             return []
         self._claim(response_id, tag)
-        # Keep waiting for the response already active: only its own done frees the gate.
-        if self.active in (None, UNKNOWN):
-            self.active = response_id
+        if UNKNOWN in self.active:  # the response the collision told us about
+            self.active.discard(UNKNOWN)
             self.unknown_until = None
+        self.active.add(response_id)
         return self._pump(now)
 
     def done(self, response_id: str, tag: str | None, payload: Any, now: float,
@@ -131,8 +130,8 @@ class Gate:
             return None, []
         self._claim(response_id, tag)
         self.finished.add(response_id)
-        if self.active in (response_id, UNKNOWN):
-            self.active = None
+        self.active.discard(response_id)
+        self.active.discard(UNKNOWN)  # whatever the collision was about is over too
         req = self.owners.get(response_id)
         if (req is not None and is_rate_limited(payload) and req.rate_limits < len(RATE_LIMIT_BACKOFF)
                 and retry(req)):
@@ -158,21 +157,21 @@ class Gate:
         if is_collision(code, message) and req.collisions < COLLISION_RETRIES:
             req.collisions += 1
             self.queue.appendleft(req)
-            if self.active is None:
-                self.active = UNKNOWN
+            if not self.active:
+                self.active.add(UNKNOWN)
                 self.unknown_until = now + UNKNOWN_ACTIVE_WAIT
             return None, self._pump(now)
         return req, self._pump(now)
 
     def advance(self, now: float) -> list[dict]:
         """Time passed: send what a backoff or an unknown active response held back."""
-        if self.active == UNKNOWN and self.unknown_until is not None and now >= self.unknown_until:
-            self.active = None
+        if UNKNOWN in self.active and self.unknown_until is not None and now >= self.unknown_until:
+            self.active.discard(UNKNOWN)
             self.unknown_until = None
         return self._pump(now)
 
     def next_deadline(self) -> float | None:
-        if self.active == UNKNOWN:
+        if UNKNOWN in self.active:
             return self.unknown_until
         if self.state is IDLE and self.queue and self.queue[0].not_before:
             return self.queue[0].not_before
@@ -190,20 +189,19 @@ class Gate:
     # Private.
 
     def _claim(self, response_id: str, tag: str | None) -> None:
-        """Attribute a response to the pending create when the server says it is that one."""
-        if tag is not None:
-            self.echoes_metadata = True
+        """Attribute a response to the pending create when its echoed metadata names it.
+
+        Only the tag decides: a response without it (server VAD, another client) is not ours, even
+        with a create in flight. The server echoes `response.metadata` on created and done."""
         if self.pending is None or response_id in self.owners:
             return
         req, _ = self.pending
-        # A server that never echoes metadata sends tag None: with one create in flight it is ours.
-        # Once it has echoed a tag, an untagged response is someone else's.
-        if tag == req.tag or (tag is None and not self.echoes_metadata):
+        if tag == req.tag:
             self.owners[response_id] = req
             self.pending = None
 
     def _pump(self, now: float) -> list[dict]:
-        if self.pending is not None or self.active is not None or not self.queue:
+        if self.pending is not None or self.active or not self.queue:
             return []
         if self.queue[0].not_before > now:
             return []

@@ -279,8 +279,9 @@ class Interview:
     # Correlation.
 
     def _claim(self, rid: str) -> None:
-        """An event names a response we have not seen created: with one create in flight it is that one."""
-        if self._gate.owner_of(rid) is None and rid not in self._gate.finished and self._gate.active != rid:
+        """An event names a response we have not seen created (its response.created was lost):
+        the server is busy with it, whoever asked for it."""
+        if self._gate.owner_of(rid) is None and rid not in self._gate.finished and rid not in self._gate.active:
             self._send_all(self._gate.created(rid, None, self._now))
 
     def _deliver_response(self, event: Event) -> None:
@@ -471,7 +472,7 @@ class Interview:
             self._effects.append(CancelJob(name))
 
     def _cancel_response(self, _: Any = None) -> None:
-        if self._gate.active is not None:
+        if self._gate.active:
             self._send({"type": "response.cancel"})
 
     def _truncate(self, _: Any = None) -> None:

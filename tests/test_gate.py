@@ -96,7 +96,7 @@ def test_queued_request_is_sent_on_done():
 def test_collision_requeues_once_then_gives_up():
     gate = in_state(REQUESTED)
     req, sent = gate.error("evt_1", COLLISION, "", 1.0)
-    assert (req, sent, gate.active) == (None, [], UNKNOWN)
+    assert (req, sent, gate.active) == (None, [], {UNKNOWN})
     assert gate.next_deadline() == 3.0
     assert gate.advance(2.9) == []
     assert gate.advance(3.0) == [create("r1", "evt_2")]  # the unknown response never reported done
@@ -106,10 +106,10 @@ def test_collision_requeues_once_then_gives_up():
 
 def test_collision_waits_for_the_response_it_collided_with():
     gate = in_state(REQUESTED)
-    assert gate.created("resp_srv", None, 0.5) == []  # untagged: taken as ours first...
+    assert gate.created("resp_srv", None, 0.5) == []  # untagged: not ours, but the server is busy
     req, sent = gate.error("evt_1", COLLISION, "Conversation already has an active response", 0.6)
-    assert (req, sent) == (None, [])  # ...until the error says our create failed
-    assert gate.owner_of("resp_srv") is None and gate.active == "resp_srv"
+    assert (req, sent) == (None, [])  # re-queued behind it
+    assert gate.owner_of("resp_srv") is None and gate.active == {"resp_srv"}
     req, sent = gate.done("resp_srv", None, {"status": "completed"}, 2.0)
     assert req is None and sent == [create("r1", "evt_2")]
 
@@ -156,7 +156,16 @@ def test_drop_forgets_queued_requests_of_a_state():
     assert sent == [create("r3", "evt_2", "new")]
 
 
-def test_first_event_of_an_unseen_response_resolves_the_pending_create():
+def test_an_untagged_response_is_never_taken_for_ours():
     gate = in_state(REQUESTED)
-    gate.created("resp_7", None, 0.5)  # what the core does when a delta names a new response
-    assert gate.owner_of("resp_7").tag == "r1" and gate.state is ACTIVE
+    gate.created("resp_vad", None, 0.5)  # e.g. server VAD answering on its own
+    assert gate.owner_of("resp_vad") is None and gate.state is REQUESTED and gate.active == {"resp_vad"}
+    req, sent = gate.done("resp_vad", None, {"status": "completed"}, 1.0)
+    assert (req, sent, gate.state) == (None, [], REQUESTED)  # r1 is still unanswered: nothing is sent
+
+
+def test_a_done_that_names_the_request_resolves_it_when_created_was_lost():
+    gate = in_state(REQUESTED)
+    gate.request(Request("r2", "s"), 0.2)
+    req, sent = gate.done("resp_7", "r1", {"status": "completed"}, 1.0)
+    assert req.tag == "r1" and sent == [create("r2", "evt_2")]
