@@ -99,7 +99,8 @@ def schema() -> dict:
     return out
 
 
-def _load(path: Path) -> flowmod.Flow | None:
+def load_flow_or_report(path: Path) -> flowmod.Flow | None:
+    """The flow, or None after printing why it cannot be used (every problem, or unreadable)."""
     try:
         return flowmod.load(path)
     except FlowError as exc:
@@ -112,7 +113,7 @@ def _load(path: Path) -> flowmod.Flow | None:
 def _run(args: argparse.Namespace) -> int:
     from .runner import run_session
 
-    flow = _load(args.flow)
+    flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
     return asyncio.run(run_session(flow, args))

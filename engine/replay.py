@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import flow as flowmod
-from .errors import FlowError
 from .flow import Flow
 from .interview import Interview
 from .trace import effect_record, event_from_record, flow_identity, read
@@ -259,13 +257,9 @@ def _load_flow(path: Path | None, trace: Path, lines: list[dict[str, Any]]) -> F
             print(f"{trace}: the trace names no flow; pass --flow FLOW", file=sys.stderr)
             return None
         path = Path(recorded)
-    try:
-        return flowmod.load(path)
-    except FlowError as exc:
-        print(exc, file=sys.stderr)
-    except OSError as exc:
-        print(f"{path}: cannot read flow: {exc.strerror or exc} (pass --flow FLOW)", file=sys.stderr)
-    return None
+    from .cli import load_flow_or_report
+
+    return load_flow_or_report(path)
 
 
 def replay_main(args: argparse.Namespace) -> int:
