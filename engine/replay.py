@@ -251,14 +251,15 @@ def _load_trace(path: Path) -> list[dict[str, Any]] | None:
 
 
 def _load_flow(path: Path | None, trace: Path, lines: list[dict[str, Any]]) -> Flow | None:
-    if path is None:
-        recorded = _meta(lines).get("flow")
-        if not recorded:
-            print(f"{trace}: the trace names no flow; pass --flow FLOW", file=sys.stderr)
-            return None
-        path = Path(recorded)
     from .cli import load_flow_or_report
 
+    if path is None:
+        recorded = _meta(lines).get("flow")
+        if not recorded or not Path(recorded).is_file():
+            print(f"{trace}: the flow it was recorded with ({recorded or 'not named'}) cannot be read; "
+                  f"pass --flow FLOW", file=sys.stderr)
+            return None
+        path = Path(recorded)
     return load_flow_or_report(path)
 
 
