@@ -176,7 +176,7 @@ def test_replay_exit_2_for_unreadable_trace_or_flow(tmp_path, trace_a, capsys):
     lines[0]["meta"]["flow"] = str(tmp_path / "gone.yaml")
     assert engine(["replay", str(write_lines(tmp_path / "moved.jsonl", lines))]) == 2
     err = capsys.readouterr().err
-    assert "missing.jsonl: cannot read" in err and "gone.yaml: cannot read" in err and "--flow" in err
+    assert "missing.jsonl: cannot read" in err and "gone.yaml) cannot be read; pass --flow FLOW" in err
 
 
 def test_replay_against_another_flow_diverges(trace_a):
