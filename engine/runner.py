@@ -194,6 +194,7 @@ class Session:
         n = 0
         async for chunk in mic.chunks():
             n += 1
+            self.player.record_input(chunk)  # --audio wav keeps both sides
             await self.transport.send({"type": "input_audio_buffer.append", "event_id": f"mic_{n}",
                                        "audio": base64.b64encode(chunk).decode()})
 

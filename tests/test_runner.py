@@ -22,6 +22,7 @@ from engine.ui import PlainView
 from helpers import FLOWS, load_flow
 
 SPEED = 60.0
+SECRET = "sk-test-never-printed-0123456789"  # sent as the Authorization header to the simulator
 FLOW = load_flow("assessment.yaml")
 PERSONA = load_persona(FLOWS / "personas" / "default.yaml")
 
@@ -30,7 +31,7 @@ async def interview(out: Path, *, faults: str = "", persona=None, sinks=SINKS, j
                     watch=None, speed: float = SPEED):
     view = _Watch(watch)
     async with simulator(persona=persona, seed=seed, faults=faults, speed=speed) as sim:
-        session = Session(FLOW, Endpoint(sim.url, simulated=True), out=out, speed=speed, view=view,
+        session = Session(FLOW, Endpoint(sim.url, api_key=SECRET, simulated=True), out=out, speed=speed, view=view,
                           sinks=sinks, jobs=jobs)
         task = asyncio.create_task(session.run())
         if watch is not None:
@@ -82,6 +83,8 @@ def test_clean_interview_end_to_end(tmp_path):
         row = db.execute("select ok, final_state, overall_band from sessions").fetchone()
         turns = db.execute("select count(*) from turns where role = 'candidate'").fetchone()[0]
     assert row == (1, "done", report["results"]["assessment"]["overall"]["band"]) and turns == len(answers)
+    for path in result.folder.iterdir():
+        assert SECRET not in path.read_text(errors="replace"), path
 
 
 @pytest.mark.parametrize("faults", ["shuffle_done", "drop_transcript_done", "duplicate", "unknown_events",
@@ -235,3 +238,15 @@ def test_connection_refused_is_one_clear_line_without_the_key(tmp_path):
     assert "sk-secret-456" not in result.reason
     for path in result.folder.iterdir():
         assert "sk-secret-456" not in path.read_text()
+
+
+def test_trace_writer_redacts_the_key(tmp_path):
+    from engine.events import Event
+    from engine.trace import TraceWriter
+
+    trace = TraceWriter(tmp_path / "trace.jsonl", {"flow": "x"}, secret=SECRET)
+    trace.event(0.0, Event("session.closed", data={"reason": f"echoed {SECRET} back"}))
+    trace.note(0.1, f"error mentioning Bearer {SECRET}")
+    trace.close()
+    text = (tmp_path / "trace.jsonl").read_text()
+    assert SECRET not in text and text.count("***") == 2
