@@ -28,6 +28,7 @@ from .gate import Gate, Request
 __all__ = ["Interview"]
 
 _DEDUPE_WINDOW = 512  # server event ids remembered to drop exact duplicates
+HANGUP_WAIT = 30.0  # at most this long, in a final state, for queued audio to be heard
 _NOT_COMPLETED = ("failed", "cancelled", "incomplete")
 
 
@@ -76,6 +77,7 @@ class Interview:
         self._silenced: set[str] = set()
         self._seen_ids: deque[str] = deque(maxlen=_DEDUPE_WINDOW)
         self._seen_keys: set[tuple] = set()  # terminal events already handled
+        self._hangup: tuple[float, str] | None = None  # final state reached: (deadline, reason)
         self._speech: dict[str, float] = {}  # input item id -> speech start time
         self._speech_end: dict[str, float] = {}
         self._build_machine()
@@ -114,6 +116,8 @@ class Interview:
         """The earliest time at which `advance` has something to do, or None."""
         if self.done:
             return None
+        if self._hangup is not None:
+            return self._hangup[0]
         times = [t for t, _ in self._deadlines] + list(self._jobs.values())
         gate = self._gate.next_deadline()
         if gate is not None:
@@ -135,6 +139,11 @@ class Interview:
                 return
             self._seen_ids.append(event.event_id)
         self._event = event
+        if self._hangup is not None:  # a final state: only the audio still playing matters now
+            if event.type in ("playback.done", "playback.stopped"):
+                _HANDLERS[event.type](self, event)
+            self._hang_up_when_heard()
+            return
         handler = _HANDLERS.get(event.type)
         if handler is not None:
             handler(self, event)
@@ -384,7 +393,10 @@ class Interview:
         self._deadlines = [(self._now + t.delay, f"after.{i}") for i, t in enumerate(state.after)]
         self._run_actions(state.enter)
         if state.final and not self.done:
-            self._end(f"reached final state '{name}'", ok=True)
+            # Hang up once queued audio has been heard (the flow may have asked for its last turn
+            # while earlier audio still played), but never wait for it longer than HANGUP_WAIT.
+            self._hangup = (self._now + HANGUP_WAIT, f"reached final state '{name}'")
+            self._hang_up_when_heard()
 
     def _leave(self, name: str) -> None:
         for req in self._gate.drop(name):
@@ -393,8 +405,19 @@ class Interview:
         self._owned = set()
         self._deadlines = []
 
+    def _hang_up_when_heard(self) -> None:
+        deadline, reason = self._hangup
+        if not self._playing:
+            self._end(reason, ok=True)
+        elif self._now >= deadline:
+            self._log("warning", f"hanging up with audio of {len(self._playing)} response(s) not yet heard")
+            self._end(reason, ok=True)
+
     def _fire_due(self, now: float) -> None:
         self._now = max(self._now, now)
+        if self._hangup is not None:
+            self._hang_up_when_heard()
+            return
         self._send_all(self._gate.advance(self._now))
         for name, deadline in list(self._jobs.items()):
             if deadline <= self._now and name in self._jobs:

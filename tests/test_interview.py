@@ -309,3 +309,33 @@ def test_job_failure_goes_to_the_fallback_summary():
     effects = feed(iv, [(8.0, job_failed("assessment"))])
     assert fired(effects) == [("ack", "summary_fallback", "job.assessment.failed")]
     assert Log("warning", "job 'assessment' failed: boom") in effects
+
+
+def test_final_state_waits_for_queued_audio_to_be_heard_then_hangs_up():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done", "job"])])
+    # The summary's audio is long; its playback has not finished when goodbye's 10 s timeout fires.
+    feed(iv, [(1.0, created("resp_b", "r2")), (1.1, audio("resp_b", "b", 15000)), (1.2, audio_done("resp_b", "b")),
+              (1.3, done("resp_b", "r2")), (1.5, playback_done("resp_a"))])
+    assert iv.state == "summary"
+    feed(iv, [(1.6, None)])
+    effects = feed(iv, [(20.0, None)])  # summary's 15 s timeout: on to goodbye, whose audio queues
+    assert fired(effects) == [("summary", "goodbye", "after.0")]
+    feed(iv, [(20.1, created("resp_c", "r3")), (20.2, audio("resp_c", "c", 2000)), (20.3, audio_done("resp_c", "c")),
+              (20.4, done("resp_c", "r3"))])
+    effects = feed(iv, [(30.0, None)])  # goodbye's 10 s timeout: the final state, audio still queued
+    assert fired(effects) == [("goodbye", "done", "after.0")] and not iv.done
+    assert iv.next_deadline() == 60.0
+    assert feed(iv, [(30.5, playback_done("resp_b")), (30.6, answer("u9", "ignored now"))]) == []
+    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", ok=True)]
+
+
+def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done", "job"])] + [(0.5, None)])
+    effects = feed(iv, [(16.0, None), (26.0, None)])  # summary, then goodbye, time out; ack never heard
+    assert fired(effects)[-1] == ("goodbye", "done", "after.0") and not iv.done
+    assert feed(iv, [(56.0, None)]) == [Log("warning", "hanging up with audio of 1 response(s) not yet heard"),
+                                         End("reached final state 'done'", ok=True)]
