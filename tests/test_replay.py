@@ -40,7 +40,7 @@ SESSION_A = [
     (2.6, playback_done("resp_1")),
     (3.0, speech_started("u1")), (5.0, speech_stopped("u1")), (6.0, answer("u1", "I am Ana.")),
     (6.5, created("resp_2", "r2")), (6.6, tool_call("resp_2", "call_1", "trigger_assessment", "{}")),
-    (6.7, done("resp_2", "r2")),
+    (6.7, done("resp_2", "r2")), (6.7, playback_done("resp_2")),  # no audio: the player reports at once
     *spoken(7.0, "resp_3", "r3"),
     (8.0, job_done("assessment", SUMMARY)),
     *spoken(8.5, "resp_4", "r4"),
