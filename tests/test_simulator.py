@@ -384,7 +384,7 @@ async def test_default_vad_answers_the_user_itself_like_the_real_server() -> Non
     """Without create_response: false the server starts its own response after the answer, and the
     engine's response.create then collides: the simulator shows the trap instead of hiding it."""
     # slow_done keeps the server's own response active long enough for our create to meet it.
-    async with session(update=None, persona=short_persona(), faults="slow_done=5", speed=50) as (sim, client):
+    async with session(update=None, persona=short_persona(), faults="slow_done=100", speed=50) as (sim, client):
         await ask(client)
         events = await client.until("response.created")
         assert events[-1]["response"]["metadata"] is None
