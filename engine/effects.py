@@ -31,9 +31,11 @@ class Send:
     event: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Play:
-    """Queue this base64 pcm16 chunk for playback, after all audio queued before it."""
+    """Queue this base64 pcm16 chunk for playback, after all audio queued before it.
+
+    Not frozen, unlike the other effects: one is made per audio delta (see events.Event)."""
 
     response_id: str
     item_id: str | None

@@ -107,12 +107,13 @@ HIGH_RATE = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One input to the core: a normalised server event or an engine event.
 
-    `data` is the payload as received (read-only by convention); the other fields are the
-    parts the core dispatches on, found once here so nobody digs through `data` again.
+    `data` is the payload as received; the other fields are the parts the core dispatches on,
+    found once here so nobody digs through `data` again. Read-only by convention: not frozen,
+    because audio deltas make dozens a second and a frozen dataclass is built ~3x slower.
     """
 
     type: str
@@ -135,10 +136,13 @@ class Event:
         return response.get("status") if isinstance(response, dict) else None
 
 
+# Every spelling -> the one the core uses (beta -> GA -> engine alias), in one lookup.
+_NAMES = {**BETA_TO_GA, **ALIASES, **{beta: ALIASES.get(ga, ga) for beta, ga in BETA_TO_GA.items()}}
+
+
 def normalise_name(name: str) -> str:
     """GA and engine spelling of an event name a flow or the wire may use."""
-    name = BETA_TO_GA.get(name, name)
-    return ALIASES.get(name, name)
+    return _NAMES.get(name, name)
 
 
 def parse(frame: str | bytes) -> Event:
@@ -157,26 +161,23 @@ def normalise(raw: Any) -> Event:
     kind = raw.get("type")
     if not isinstance(kind, str) or not kind:
         raise RemoteProtocolError(f"event has no type: {str(raw)[:80]!r}")
-    response = raw.get("response")
-    item = raw.get("item")
-    response_id = raw.get("response_id")
-    if response_id is None and isinstance(response, dict):
-        response_id = response.get("id")
-    item_id = raw.get("item_id")
-    if item_id is None and isinstance(item, dict):
-        item_id = item.get("id")
-    call_id = raw.get("call_id")
-    if call_id is None and isinstance(item, dict):
-        call_id = item.get("call_id")
+    get = raw.get
+    response_id, item_id, call_id = get("response_id"), get("item_id"), get("call_id")
+    if response_id is None:  # response.created / response.done keep it in the response
+        response = get("response")
+        if isinstance(response, dict):
+            response_id = response.get("id")
+    if item_id is None or call_id is None:  # output_item.* and conversation.item.* keep the item
+        item = get("item")
+        if isinstance(item, dict):
+            item_id = item_id if item_id is not None else item.get("id")
+            call_id = call_id if call_id is not None else item.get("call_id")
+    event_id = get("event_id")
     return Event(
-        type=normalise_name(kind),
-        response_id=_str_or_none(response_id),
-        item_id=_str_or_none(item_id),
-        call_id=_str_or_none(call_id),
-        event_id=_str_or_none(raw.get("event_id")),
-        data=raw,
+        _NAMES.get(kind, kind),
+        response_id if isinstance(response_id, str) else None,
+        item_id if isinstance(item_id, str) else None,
+        call_id if isinstance(call_id, str) else None,
+        event_id if isinstance(event_id, str) else None,
+        raw,
     )
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

@@ -21,13 +21,15 @@ from transitions import Machine
 
 from .effects import CancelJob, Effect, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
 from .errors import TemplateError
-from .events import Event
+from .events import HIGH_RATE, Event
 from .flow import Flow, Respond, ToolResult, template_names
 from .gate import Gate, Request
 
 __all__ = ["Interview"]
 
 _DEDUPE_WINDOW = 512  # server event ids remembered to drop exact duplicates
+_AUDIO_DELTA = "response.output_audio.delta"
+_NEVER = float("inf")
 HANGUP_WAIT = 30.0  # at most this long, in a final state, for queued audio to be heard
 _NOT_COMPLETED = ("failed", "cancelled", "incomplete")
 
@@ -71,13 +73,14 @@ class Interview:
         self._jobs: dict[str, float] = {}  # running job -> deadline
         # Per response: audio received (bytes), audio ended, playing, silenced by barge-in.
         self._received: dict[str, int] = {}  # item id -> bytes of audio received
-        self._item_of: dict[str, str] = {}  # response id -> its audio item id
         self._audio_ended: set[str] = set()
         self._playing: set[str] = set()
         self._silenced: set[str] = set()
-        self._seen_ids: deque[str] = deque(maxlen=_DEDUPE_WINDOW)
+        self._seen_ids: deque[str] = deque()  # the last _DEDUPE_WINDOW ids, oldest first...
+        self._seen_set: set[str] = set()  # ...and the same ids, for the lookup
         self._seen_keys: set[tuple] = set()  # terminal events already handled
         self._hangup: tuple[float, str] | None = None  # final state reached: (deadline, reason)
+        self._due = _NEVER  # next_deadline(), recomputed after every step
         self._speech: dict[str, float] = {}  # input item id -> speech start time
         self._speech_end: dict[str, float] = {}
         self._build_machine()
@@ -94,35 +97,34 @@ class Interview:
         self._send(self._session_update())
         self._effects.append(Fired("initial", None, self.flow.initial, "start"))
         self._enter(self.flow.initial)
-        return self._flush()
+        return self._step_done()
 
     def receive(self, event: Event, now: float) -> list[Effect]:
         """Handle one event. Timeouts due by `now` fire first, as they happened first."""
         if self.done:
             return []
+        if event.type in HIGH_RATE and now < self._due:
+            # The hot path (dozens a second): nothing is due, and streamed deltas change no
+            # deadline and drive no transition; only audio has something to do.
+            self._now = max(self._now, now)
+            if event.type == _AUDIO_DELTA and self._hangup is None and self._fresh(event):
+                self._on_audio_delta(event)
+            return self._flush()
         self._fire_due(now)
         if not self.done:
             self._dispatch(event)
-        return self._flush()
+        return self._step_done()
 
     def advance(self, now: float) -> list[Effect]:
         """Time passed without an event: fire every timeout due by `now`."""
         if self.done:
             return []
         self._fire_due(now)
-        return self._flush()
+        return self._step_done()
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `advance` has something to do, or None."""
-        if self.done:
-            return None
-        if self._hangup is not None:
-            return self._hangup[0]
-        times = [t for t, _ in self._deadlines] + list(self._jobs.values())
-        gate = self._gate.next_deadline()
-        if gate is not None:
-            times.append(gate)
-        return min(times, default=None)
+        return None if self._due == _NEVER else self._due
 
     def context(self) -> dict[str, Any]:
         """What templates can name (see flow.TEMPLATE_ROOTS)."""
@@ -132,12 +134,23 @@ class Interview:
 
     # Dispatch.
 
+    def _fresh(self, event: Event) -> bool:
+        """False for an exact duplicate (same server event_id) of a recent event."""
+        eid = event.event_id
+        if eid is None:
+            return True
+        if eid in self._seen_set:
+            self._log("info", f"duplicate event {event.type} {eid} ignored")
+            return False
+        if len(self._seen_ids) == _DEDUPE_WINDOW:
+            self._seen_set.discard(self._seen_ids.popleft())
+        self._seen_ids.append(eid)
+        self._seen_set.add(eid)
+        return True
+
     def _dispatch(self, event: Event) -> None:
-        if event.event_id is not None:
-            if event.event_id in self._seen_ids:
-                self._log("info", f"duplicate event {event.type} {event.event_id} ignored")
-                return
-            self._seen_ids.append(event.event_id)
+        if not self._fresh(event):
+            return
         self._event = event
         if self._hangup is not None:  # a final state: only the audio still playing matters now
             if event.type in ("playback.done", "playback.stopped"):
@@ -174,16 +187,16 @@ class Interview:
         self._deliver_response(event)
 
     def _on_audio_delta(self, event: Event) -> None:
-        rid = event.response_id
+        rid, item = event.response_id, event.item_id
         if rid is None or rid in self._silenced or rid in self._audio_ended:
             return
-        self._claim(rid)
+        if rid not in self._playing:  # its first audio
+            self._claim(rid)
+            self._playing.add(rid)
         audio = event.data.get("delta") or ""
-        if event.item_id:
-            self._item_of.setdefault(rid, event.item_id)
-            self._received[event.item_id] = self._received.get(event.item_id, 0) + _b64_len(audio)
-        self._playing.add(rid)
-        self._effects.append(Play(rid, event.item_id, audio))
+        if item:
+            self._received[item] = self._received.get(item, 0) + _b64_len(audio)
+        self._effects.append(Play(rid, item, audio))
 
     def _on_audio_done(self, event: Event) -> None:
         if event.response_id:
@@ -297,6 +310,8 @@ class Interview:
         rid = event.response_id
         if rid is not None:
             self._claim(rid)
+        if event.type not in self._triggers[self.state]:
+            return  # the state does not wait for it: nothing to deliver or to call stale
         req = self._gate.owner_of(rid)
         if req is None or req.tag not in self._owned or rid in self._superseded:
             self._stale(event, "not requested by the current state")
@@ -415,6 +430,8 @@ class Interview:
 
     def _fire_due(self, now: float) -> None:
         self._now = max(self._now, now)
+        if self._now < self._due:
+            return
         if self._hangup is not None:
             self._hang_up_when_heard()
             return
@@ -560,6 +577,18 @@ class Interview:
 
     def _log(self, level: str, message: str) -> None:
         self._effects.append(Log(level, message))
+
+    def _step_done(self) -> list[Effect]:
+        """End of a step: recompute the next deadline (once per input), hand out the effects."""
+        if self.done:
+            self._due = _NEVER
+        elif self._hangup is not None:
+            self._due = self._hangup[0]
+        else:
+            gate = self._gate.next_deadline()
+            self._due = min((t for t, _ in self._deadlines), default=_NEVER)
+            self._due = min(self._due, min(self._jobs.values(), default=_NEVER), _NEVER if gate is None else gate)
+        return self._flush()
 
     def _flush(self) -> list[Effect]:
         effects, self._effects = self._effects, []
