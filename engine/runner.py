@@ -61,7 +61,7 @@ class Session:
         self.audio_mode = audio
         self.view = view or PlainView()
         self.sinks = sinks
-        self.job_fns = registry() if jobs is None else jobs
+        self.job_fns = dict(registry()) if jobs is None else jobs
         self.connect = connect
         self.live_input = live_input
         self.id = session_id or datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
