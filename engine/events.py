@@ -136,6 +136,7 @@ class Event:
         return response.get("status") if isinstance(response, dict) else None
 
 
+_AUDIO_DELTA = "response.output_audio.delta"
 # Every spelling -> the one the core uses (beta -> GA -> engine alias), in one lookup.
 _NAMES = {**BETA_TO_GA, **ALIASES, **{beta: ALIASES.get(ga, ga) for beta, ga in BETA_TO_GA.items()}}
 
@@ -162,6 +163,10 @@ def normalise(raw: Any) -> Event:
     if not isinstance(kind, str) or not kind:
         raise RemoteProtocolError(f"event has no type: {str(raw)[:80]!r}")
     get = raw.get
+    if kind == _AUDIO_DELTA:  # dozens a second, and their ids are always at the top level
+        rid, item, eid = get("response_id"), get("item_id"), get("event_id")
+        return Event(kind, rid if type(rid) is str else None, item if type(item) is str else None, None,
+                     eid if type(eid) is str else None, raw)
     response_id, item_id, call_id = get("response_id"), get("item_id"), get("call_id")
     if response_id is None:  # response.created / response.done keep it in the response
         response = get("response")

@@ -30,7 +30,8 @@ __all__ = ["Interview"]
 _DEDUPE_WINDOW = 512  # server event ids remembered to drop exact duplicates
 _AUDIO_DELTA = "response.output_audio.delta"
 _NEVER = float("inf")
-HANGUP_WAIT = 30.0  # at most this long, in a final state, for queued audio to be heard
+_BYTES_PER_S = 48_000  # pcm16, 24 kHz, mono
+HANGUP_MARGIN = 5.0  # in a final state, wait for queued audio at most its length plus this
 _NOT_COMPLETED = ("failed", "cancelled", "incomplete")
 
 
@@ -79,7 +80,9 @@ class Interview:
         self._seen_ids: deque[str] = deque()  # the last _DEDUPE_WINDOW ids, oldest first...
         self._seen_set: set[str] = set()  # ...and the same ids, for the lookup
         self._seen_keys: set[tuple] = set()  # terminal events already handled
-        self._hangup: tuple[float, str] | None = None  # final state reached: (deadline, reason)
+        self._hangup: str | None = None  # a final state was reached: why the session will end
+        self._hangup_until = _NEVER  # ...and when to stop waiting for queued audio to be heard
+        self._audio_bytes: dict[str, int] = {}  # response id -> bytes of audio received
         self._due = _NEVER  # next_deadline(), recomputed after every step
         self._speech: dict[str, float] = {}  # input item id -> speech start time
         self._speech_end: dict[str, float] = {}
@@ -103,13 +106,15 @@ class Interview:
         """Handle one event. Timeouts due by `now` fire first, as they happened first."""
         if self.done:
             return []
-        if event.type in HIGH_RATE and now < self._due:
+        if event.type in HIGH_RATE and now < self._due and self._hangup is None:
             # The hot path (dozens a second): nothing is due, and streamed deltas change no
             # deadline and drive no transition; only audio has something to do.
-            self._now = max(self._now, now)
-            if event.type == _AUDIO_DELTA and self._hangup is None and self._fresh(event):
-                self._on_audio_delta(event)
-            return self._flush()
+            if now > self._now:
+                self._now = now
+            if event.type != _AUDIO_DELTA or not self._fresh(event):
+                return self._flush()
+            play = self._play(event)
+            return [play] if play is not None else []
         self._fire_due(now)
         if not self.done:
             self._dispatch(event)
@@ -152,9 +157,8 @@ class Interview:
         if not self._fresh(event):
             return
         self._event = event
-        if self._hangup is not None:  # a final state: only the audio still playing matters now
-            if event.type in ("playback.done", "playback.stopped"):
-                _HANDLERS[event.type](self, event)
+        if self._hangup is not None:  # a final state: only the audio still to be heard matters now
+            self._on_audio_after_the_end(event)
             self._hang_up_when_heard()
             return
         handler = _HANDLERS.get(event.type)
@@ -187,16 +191,37 @@ class Interview:
         self._deliver_response(event)
 
     def _on_audio_delta(self, event: Event) -> None:
+        play = self._play(event)
+        if play is not None:
+            self._effects.append(play)
+
+    def _play(self, event: Event) -> Play | None:
+        """The Play effect for an audio delta, or None if its response must stay silent."""
         rid, item = event.response_id, event.item_id
         if rid is None or rid in self._silenced or rid in self._audio_ended:
-            return
+            return None
         if rid not in self._playing:  # its first audio
             self._claim(rid)
             self._playing.add(rid)
         audio = event.data.get("delta") or ""
+        # Decoded length without decoding: base64 is 4 characters per 3 bytes, less the padding.
+        size = len(audio) * 3 // 4 - audio[-2:].count("=") if audio else 0
+        self._audio_bytes[rid] = self._audio_bytes.get(rid, 0) + size
         if item:
-            self._received[item] = self._received.get(item, 0) + _b64_len(audio)
-        self._effects.append(Play(rid, item, audio))
+            self._received[item] = self._received.get(item, 0) + size
+        return Play(rid, item, audio)
+
+    def _on_audio_after_the_end(self, event: Event) -> None:
+        """In a final state, audio still arriving or playing is let through (and waited for)."""
+        kind, rid = event.type, event.response_id
+        if kind == _AUDIO_DELTA:
+            before = self._audio_bytes.get(rid or "", 0)
+            self._on_audio_delta(event)
+            self._hangup_until += (self._audio_bytes.get(rid or "", 0) - before) / _BYTES_PER_S
+        elif kind in ("response.output_audio.done", "response.done") and rid:
+            self._end_audio(rid)
+        elif kind in ("playback.done", "playback.stopped"):
+            _HANDLERS[kind](self, event)
 
     def _on_audio_done(self, event: Event) -> None:
         if event.response_id:
@@ -409,8 +434,10 @@ class Interview:
         self._run_actions(state.enter)
         if state.final and not self.done:
             # Hang up once queued audio has been heard (the flow may have asked for its last turn
-            # while earlier audio still played), but never wait for it longer than HANGUP_WAIT.
-            self._hangup = (self._now + HANGUP_WAIT, f"reached final state '{name}'")
+            # while earlier audio still played), waiting at most its length plus a margin.
+            queued = sum(self._audio_bytes.get(rid, 0) for rid in self._playing) / _BYTES_PER_S
+            self._hangup = f"reached final state '{name}'"
+            self._hangup_until = self._now + queued + HANGUP_MARGIN
             self._hang_up_when_heard()
 
     def _leave(self, name: str) -> None:
@@ -421,12 +448,11 @@ class Interview:
         self._deadlines = []
 
     def _hang_up_when_heard(self) -> None:
-        deadline, reason = self._hangup
         if not self._playing:
-            self._end(reason, ok=True)
-        elif self._now >= deadline:
+            self._end(self._hangup, ok=True)
+        elif self._now >= self._hangup_until:
             self._log("warning", f"hanging up with audio of {len(self._playing)} response(s) not yet heard")
-            self._end(reason, ok=True)
+            self._end(self._hangup, ok=True)
 
     def _fire_due(self, now: float) -> None:
         self._now = max(self._now, now)
@@ -583,7 +609,7 @@ class Interview:
         if self.done:
             self._due = _NEVER
         elif self._hangup is not None:
-            self._due = self._hangup[0]
+            self._due = self._hangup_until
         else:
             gate = self._gate.next_deadline()
             self._due = min((t for t, _ in self._deadlines), default=_NEVER)
@@ -612,11 +638,6 @@ class Interview:
         if s.instructions is not None:
             session["instructions"] = s.instructions
         return {"type": "session.update", "session": session}
-
-
-def _b64_len(data: str) -> int:
-    """Decoded length of base64 text, without decoding it (audio deltas are hot)."""
-    return len(data) * 3 // 4 - data[-2:].count("=") if data else 0
 
 
 _HANDLERS: dict[str, Callable[[Interview, Event], None]] = {

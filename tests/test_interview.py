@@ -326,7 +326,7 @@ def test_final_state_waits_for_queued_audio_to_be_heard_then_hangs_up():
               (20.4, done("resp_c", "r3"))])
     effects = feed(iv, [(30.0, None)])  # goodbye's 10 s timeout: the final state, audio still queued
     assert fired(effects) == [("goodbye", "done", "after.0")] and not iv.done
-    assert iv.next_deadline() == 60.0
+    assert iv.next_deadline() == 30.0 + 15.0 + 2.0 + 5.0  # the queued audio's length plus a margin
     assert feed(iv, [(30.5, playback_done("resp_b")), (30.6, answer("u9", "ignored now"))]) == []
     assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", ok=True)]
 
@@ -337,5 +337,21 @@ def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes
     feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done", "job"])] + [(0.5, None)])
     effects = feed(iv, [(16.0, None), (26.0, None)])  # summary, then goodbye, time out; ack never heard
     assert fired(effects)[-1] == ("goodbye", "done", "after.0") and not iv.done
-    assert feed(iv, [(56.0, None)]) == [Log("warning", "hanging up with audio of 1 response(s) not yet heard"),
+    assert iv.next_deadline() == pytest.approx(26.0 + 0.8 + 5.0)  # the ack's 800 ms, plus the margin
+    assert feed(iv, [(31.8, None)]) == [Log("warning", "hanging up with audio of 1 response(s) not yet heard"),
                                          End("reached final state 'done'", ok=True)]
+
+
+def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done", "job"])] + [(0.5, None)])
+    feed(iv, [(0.9, playback_done("resp_a")), (16.0, None)])  # summary's response never came
+    feed(iv, [(16.5, created("resp_b", "r2")), (16.6, done("resp_b", "r2"))])  # ...until now; goodbye asked
+    feed(iv, [(17.0, created("resp_c", "r3"))])
+    assert fired(feed(iv, [(26.0, None)])) == [("goodbye", "done", "after.0")] and not iv.done
+    effects = feed(iv, [(26.1, audio("resp_c", "c", 4000)), (26.2, audio_done("resp_c", "c"))])
+    assert effects == [Play("resp_c", "c", ""), EndAudio("resp_c")]
+    assert iv.next_deadline() == pytest.approx(26.0 + 5.0 + 4.0)  # extended by the audio that came
+    assert feed(iv, [(26.3, playback_done("resp_b")), (30.2, playback_done("resp_c"))])[-1] == End(
+        "reached final state 'done'", ok=True)
