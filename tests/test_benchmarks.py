@@ -1,0 +1,79 @@
+"""Smoke tests of the benchmarks in benchmarks/ (they run on demand: `python -m benchmarks.run_all`).
+
+Tiny sizes, a few seconds, no timing assertions: the benchmarks run, print their tables, and the
+behaviour they measure holds (strategy (e), the engine, never plays two responses at once and
+never sends a response.create while one is in progress). Dead air is measured on simulated time,
+so its numbers are deterministic and may be asserted; the core's speed is not.
+"""
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import core, dead_air, plot  # noqa: E402
+from benchmarks.vloop import Deadlock, VirtualLoop  # noqa: E402
+
+SEEDS = (11, 8)  # two small runs of 6 scenarios: seeds 11..16 and 8..13
+
+
+def test_the_virtual_loop_runs_real_asyncio_on_simulated_time():
+    async def main():
+        loop = asyncio.get_running_loop()
+        ev = asyncio.Event()
+        loop.call_later(2.5, ev.set)
+        await asyncio.sleep(3)
+        await ev.wait()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), 5)
+        return loop.time()
+
+    loop = VirtualLoop()
+    try:
+        assert loop.run_until_complete(main()) == pytest.approx(8.0)
+        with pytest.raises(Deadlock):
+            loop.run_until_complete(asyncio.Event().wait())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dead_air_runs_and_the_engine_never_overlaps_or_collides(seed):
+    report = dead_air.run(scenarios=6, seed=seed)
+    text = dead_air.table(report) + dead_air.transition_table(report)
+    for name in dead_air.STRATEGIES.values():
+        assert name in text
+    for key in ("d", "e", "e2", "f"):
+        for run in report["runs"][key]:
+            assert run.overlaps == 0, (key, run)
+            assert run.collisions == 0, (key, run)
+            assert not run.stalled, (key, run)
+    for run in report["runs"]["e2"] + report["runs"]["f"]:
+        assert run.cutoffs == 0 and not run.lost, run
+    # The engine keeps to the bound (simulated time: deterministic, not a speed measurement).
+    assert report["summary"]["e"]["paired_excess_ms"] <= 50
+    assert report["summary"]["f"]["paired_excess_ms"] == 0
+    assert plot.dead_air_svg(report).startswith("<svg")
+
+
+def test_the_same_scenario_gives_the_same_result_every_time():
+    bench = dead_air.Bench()
+    scenario = dead_air.Scenario.make(3)
+    assert bench.run("e", scenario) == bench.run("e", scenario)
+    assert bench.run("b", scenario) == bench.run("b", scenario)
+
+
+def test_core_benchmark_runs_and_both_sides_make_the_same_decisions():
+    report = core.run(quick=True, repeats=1, sessions=5, micro_number=20, speed=50)
+    text = core.table(report)
+    assert "recorded" in text and "20 ms deltas" in text and "Memory per live session" in text
+    for variant in report["variants"].values():
+        assert variant["core_creates"] == variant["baseline_creates"] > 0
+        assert variant["core_final_state"] == variant["baseline_final_state"] == "done"
+        assert variant["trace"]["audio_deltas"] > 100
+    assert report["memory"]["bytes_per_session"] > 0
