@@ -6,7 +6,7 @@ Rules of this module:
 2. Time is the `now` argument, sampled once per call by the driver; deadlines go out through
    `next_deadline()` and come back as a call to `advance(now)` (or any later `receive`).
 3. Response events reach the flow only when the current state asked for that response; late,
-   duplicate and foreign events are logged and change nothing.
+   duplicate and foreign events are recorded (`stale`) and change nothing.
 4. The flow's state machine is a sync, strict `transitions.Machine`; its callbacks only append
    effects. High-rate events (audio deltas) never reach it.
 """
@@ -72,8 +72,11 @@ class Interview:
         self._owned: set[str] = set()
         self._deadlines: list[tuple[float, str]] = []
         self._jobs: dict[str, float] = {}  # running job -> deadline
-        # Per response: audio received (bytes), audio ended, playing, silenced by barge-in.
-        self._received: dict[str, int] = {}  # item id -> bytes of audio received
+        # Audio: bytes received per item (to clamp truncation) and per response (to bound the
+        # final wait), what was heard of interrupted items, and per response: ended, playing,
+        # silenced by a barge-in.
+        self._received: dict[str, int] = {}
+        self._heard_ms: dict[str, int] = {}
         self._audio_ended: set[str] = set()
         self._playing: set[str] = set()
         self._silenced: set[str] = set()
@@ -82,7 +85,7 @@ class Interview:
         self._seen_keys: set[tuple] = set()  # terminal events already handled
         self._hangup: str | None = None  # a final state was reached: why the session will end
         self._hangup_until = _NEVER  # ...and when to stop waiting for queued audio to be heard
-        self._audio_bytes: dict[str, int] = {}  # response id -> bytes of audio received
+        self._audio_bytes: dict[str, int] = {}
         self._due = _NEVER  # next_deadline(), recomputed after every step
         self._speech: dict[str, float] = {}  # input item id -> speech start time
         self._speech_end: dict[str, float] = {}
@@ -111,10 +114,9 @@ class Interview:
             # deadline and drive no transition; only audio has something to do.
             if now > self._now:
                 self._now = now
-            if event.type != _AUDIO_DELTA or not self._fresh(event):
-                return self._flush()
-            play = self._play(event)
-            return [play] if play is not None else []
+            if event.type == _AUDIO_DELTA and self._fresh(event):
+                self._on_audio_delta(event)
+            return self._flush()
         self._fire_due(now)
         if not self.done:
             self._dispatch(event)
@@ -302,9 +304,13 @@ class Interview:
         item = event.item_id
         if item and played > 0:
             # Never claim more than was received: the server rejects audio_end_ms past the end.
-            received_ms = self._received.get(item, 0) // 48
+            heard = min(played, self._received.get(item, 0) // 48)
             self._send({"type": "conversation.item.truncate", "item_id": item, "content_index": 0,
-                        "audio_end_ms": min(played, received_ms)})
+                        "audio_end_ms": heard})
+            self._heard_ms[item] = heard
+            for turn in self.turns:
+                if turn.get("item_id") == item and turn["role"] == "interviewer":
+                    turn["heard_ms"] = heard  # the transcript says more than the candidate heard
         self._deliver("playback.stopped")
 
     def _on_job(self, event: Event) -> None:
@@ -579,7 +585,10 @@ class Interview:
         return value
 
     def _add_turn(self, role: str, text: str, **extra: Any) -> None:
-        self.turns.append({"role": role, "text": text, "t": self._now, **extra})
+        turn = {"role": role, "text": text, "t": self._now, **extra}
+        if role == "interviewer" and extra.get("item_id") in self._heard_ms:
+            turn["heard_ms"] = self._heard_ms[extra["item_id"]]
+        self.turns.append(turn)
 
     def _end_audio(self, rid: str) -> None:
         if rid not in self._audio_ended and rid not in self._silenced and rid not in self._superseded:

@@ -41,7 +41,7 @@ def transcript_md(record: Record) -> str:
     lines = [f"# Transcript: {record['flow']} ({record['session']})", ""]
     names = {"interviewer": "**Interviewer**", "candidate": "**Candidate**", "tool": "*tool call*"}
     for turn in record["turns"]:
-        note = " *(interrupted)*" if turn.get("truncated") else ""
+        note = f" *(interrupted after {turn['heard_ms'] / 1000:.1f} s)*" if "heard_ms" in turn else ""
         lines.append(f"`{turn['t']:7.2f}s` {names.get(turn['role'], turn['role'])}: {turn['text']}{note}")
         lines.append("")
     return "\n".join(lines)

@@ -239,6 +239,9 @@ def test_barge_in_stops_playback_cancels_and_truncates_what_was_heard():
                                "content_index": 0, "audio_end_ms": 1500}]
     # Audio still arriving for the interrupted response is not played.
     assert feed(iv, [(1.2, audio("resp_1", "it1", 100))]) == []
+    # The transcript keeps the words the model said and how much of them was heard.
+    feed(iv, [(1.3, transcript_done("resp_1", "it1", "Hello, and welcome to the interview."))])
+    assert iv.turns[-1]["heard_ms"] == 1500
 
 
 def test_barge_in_with_nothing_played_sends_no_truncate():

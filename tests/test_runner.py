@@ -177,6 +177,8 @@ def test_barge_in_end_to_end(barge_in_session):
     assert len(truncates) == 1 and stats.truncations == [truncates[0]["audio_end_ms"]]
     assert 700 <= truncates[0]["audio_end_ms"] <= 1300  # ~1 s heard, within the scheduling slack
     assert len([line for line in lines if line.get("out", {}).get("effect") == "StopPlayback"]) == 1
+    assert "*(interrupted after 1." in (result.folder / "transcript.md").read_text() or \
+        "*(interrupted after 0." in (result.folder / "transcript.md").read_text()
     barge = fired_path(lines).index("listening", 2)
     assert [line["out"]["event"] for line in lines if line.get("out", {}).get("effect") == "Fired"][barge] == \
         "speech.started"

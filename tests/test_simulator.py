@@ -753,8 +753,9 @@ def test_run_forever_prints_the_url_and_serves(capsys: pytest.CaptureFixture[str
     @aio
     async def serve_and_connect() -> None:
         task = asyncio.create_task(run_forever("127.0.0.1", 0, voices=False))
-        while not (out := capsys.readouterr().out):
-            await asyncio.sleep(0)  # run_forever has no event to wait on; it prints once bound
+        async with asyncio.timeout(10):  # bounded: run_forever has no event to wait on; it prints once bound
+            while not (out := capsys.readouterr().out):
+                await asyncio.sleep(0)
         url = out.split()[-1]
         assert url.startswith("ws://127.0.0.1:") and url.endswith("/v1/realtime") and out.count("\n") == 1
         async with connect(url) as ws:
