@@ -14,6 +14,7 @@ import base64
 import contextlib
 import datetime
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -254,7 +255,7 @@ async def run_session(flow: Flow, args: argparse.Namespace) -> int:
                 sim = await stack.enter_async_context(simulator(
                     persona=args.persona, seed=args.seed, faults=args.faults, speed=args.speed, voices=True))
             except ValueError as exc:
-                print(f"engine run: {exc}")
+                print(f"engine run: {exc}", file=sys.stderr)
                 return 2
             endpoint = Endpoint(f"{sim.url}?model={args.model}", simulated=True)
         session = Session(flow, endpoint, out=args.out, audio=args.audio, speed=args.speed, view=view,
