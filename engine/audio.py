@@ -155,6 +155,24 @@ class _Notes:
         finally:
             self._arm()  # even if emit raised, later events must still come
 
+    # What both players do alike: the microphone side of the WAV, and closing.
+    _rec: "_Recording | None" = None
+
+    def record_input(self, pcm: bytes) -> None:
+        if self._rec and not self._closed:
+            self._rec.add_input(self._clock(), pcm)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_output()
+        if self._rec:
+            await asyncio.to_thread(self._rec.write)
+
+    async def _stop_output(self) -> None:
+        """Let the sound end (player-specific)."""
+
 
 class _Recording:
     """What was heard (channel 0) and, once `record_input` was used, what was captured (channel 1),
@@ -294,17 +312,9 @@ class VirtualPlayer(_Notes):
             n += self._bytes_between(self._segs[0][0], now)
         return round(pcm_ms(n))
 
-    def record_input(self, pcm: bytes) -> None:
-        if self._rec and not self._closed:
-            self._rec.add_input(self._clock(), pcm)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _stop_output(self) -> None:
         if self._rec:
             self._rec.cut(self._clock())
-            await asyncio.to_thread(self._rec.write)
 
     # -- inside -------------------------------------------------------------------------------
     def _get(self, rid: str) -> _Response | None:
@@ -463,17 +473,8 @@ class DevicePlayer(_Notes):
         with self._lock:
             return round(pcm_ms(self._item_bytes.get(item_id, 0)))
 
-    def record_input(self, pcm: bytes) -> None:
-        if self._rec and not self._closed:
-            self._rec.add_input(time.monotonic(), pcm)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _stop_output(self) -> None:
         await asyncio.to_thread(self._close_stream)
-        if self._rec:
-            await asyncio.to_thread(self._rec.write)
 
     # -- inside -------------------------------------------------------------------------------
     def _close_stream(self) -> None:

@@ -25,7 +25,6 @@ from .events import Event, normalise
 
 __all__ = ["TraceWriter", "read", "flow_identity", "event_record", "event_from_record", "effect_record", "redact"]
 
-_AUDIO_KEYS = ("delta", "audio")
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -9,7 +9,7 @@ from engine import flow as flowmod
 from engine.cli import main, schema
 from engine.errors import FlowError
 
-from helpers import FLOWS, ROOT, flow_from
+from helpers import FLOWS, flow_from
 
 BROKEN = Path(__file__).parent / "broken_flows"
 

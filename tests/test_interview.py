@@ -7,7 +7,7 @@ import pytest
 from engine.effects import CancelJob, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
 from engine.interview import Interview
 
-from helpers import (answer, audio, audio_done, created, done, error, feed, flow_from, job_done, job_failed,
+from helpers import (answer, audio, audio_done, created, done, error, feed, job_done, job_failed,
                      load_flow, playback_done, playback_stopped, sends, speech_started, tags, tool_call,
                      transcript_done)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
-import yaml
 from pydantic import Field, TypeAdapter
 
 from engine.effects import Fired
@@ -224,7 +223,7 @@ def test_every_client_event_validates_against_the_openai_sdk(barge_in_session):
     assert kinds >= {"session.update", "response.create", "conversation.item.create", "conversation.item.truncate"}
 
 
-def test_endpoint_choice_and_the_key_never_shows(monkeypatch):
+def test_endpoint_choice_and_the_key_never_shows():
     assert choose_endpoint(None, "gpt-realtime", env={}).kind == "simulator"
     live = choose_endpoint(None, "gpt-realtime", env={"OPENAI_API_KEY": "sk-secret-123"})
     assert live.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime" and live.kind == "openai"

@@ -383,7 +383,7 @@ def timeline(lines: Iterable[dict[str, Any]]) -> str:
                            f'height="12"><title>{escape(name)} {outcome} {a:.2f}–{(b or end):.2f}s</title></rect>')
         svg.append("</g>")
     svg.append('<g class="states">')
-    for j, (t, name) in enumerate(s.states):
+    for t, name in s.states:
         svg.append(f'<line class="state" x1="{x(t):.1f}" y1="{top - 4}" x2="{x(t):.1f}" y2="{bottom}"/>')
         svg.append(f'<text x="{x(t):.1f}" y="{top - 6}" font-size="9" transform="rotate(-35 {x(t):.1f} {top - 6})">'
                    f'{escape(name)}</text>')
