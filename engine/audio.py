@@ -35,9 +35,10 @@ import threading
 import time
 import wave
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, Protocol
 
 from .errors import EngineError
 from .events import Event
@@ -156,7 +157,7 @@ class _Notes:
             self._arm()  # even if emit raised, later events must still come
 
     # What both players do alike: the microphone side of the WAV, and closing.
-    _rec: "_Recording | None" = None
+    _rec: _Recording | None = None
 
     def record_input(self, pcm: bytes) -> None:
         if self._rec and not self._closed:

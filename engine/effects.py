@@ -6,8 +6,9 @@ when the outcome matters (audio played, a job finished) the driver reports it ba
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "Effect",

@@ -11,8 +11,9 @@ Rules of this module:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import RemoteProtocolError
 
@@ -43,6 +44,7 @@ ALIASES = {
     "conversation.item.input_audio_transcription.completed": "input.transcript",
     "input_audio_buffer.speech_started": "speech.started",
     "input_audio_buffer.speech_stopped": "speech.stopped",
+    "input_audio_buffer.committed": "input.committed",
 }
 
 # GA server events (openai 3.5x `RealtimeServerEvent`), after normalisation.

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -135,7 +136,7 @@ class _Action(_Model):
     end: str | None = Field(None, description="End the session now (not ok unless in a final state).")
 
     @model_validator(mode="after")
-    def _one_key(self) -> "_Action":
+    def _one_key(self) -> _Action:
         keys = [k for k in type(self).model_fields if getattr(self, k) is not None]
         if len(keys) != 1:
             raise ValueError(f"an action has exactly one key, got {', '.join(keys) or 'none'}")
@@ -166,7 +167,7 @@ class Transition(_Model):
     actions: list[Action] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_trigger(self) -> "Transition":
+    def _one_trigger(self) -> Transition:
         if (self.event is None) == (self.all_ is None):
             raise ValueError("a transition has either `event:` or `all:` (a join), not both or neither")
         if self.all_ is not None and len(self.all_) < 2:

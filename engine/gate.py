@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Gate", "GateState", "Request", "TABLE", "is_collision", "is_rate_limited"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import entry_points
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from .events import Event
 

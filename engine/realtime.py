@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 import websockets
@@ -64,7 +65,7 @@ class Transport:
         self._secret = secret
 
     @classmethod
-    async def connect(cls, endpoint: Endpoint, timeout: float = 15.0) -> "Transport":
+    async def connect(cls, endpoint: Endpoint, timeout: float = 15.0) -> Transport:
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         try:
             ws = await asyncio.wait_for(

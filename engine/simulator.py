@@ -31,10 +31,11 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -129,7 +130,7 @@ class Persona(BaseModel):
     barge_in: BargeIn | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Persona":
+    def _consistent(self) -> Persona:
         low, high = self.reaction_s
         if not 0 <= low <= high:
             raise ValueError(f"reaction_s must be [low, high] with 0 <= low <= high, got {list(self.reaction_s)}")
@@ -221,7 +222,7 @@ class Faults:
     rate_limit: int = 0  # the K-th response.create fails with rate_limit_exceeded
 
     @classmethod
-    def parse(cls, spec: str) -> "Faults":
+    def parse(cls, spec: str) -> Faults:
         """Parse a comma-separated spec; raise ValueError naming the bad entry."""
         kinds = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -588,7 +589,7 @@ class _Clock:
         self._pending: dict[int, float] = {}  # timeline id -> time of its next action
         self._ids = itertools.count()
 
-    def timeline(self, first: float) -> "_Timeline":
+    def timeline(self, first: float) -> _Timeline:
         """A new actor whose first action is at simulated time `first`; nothing later may pass it."""
         timeline = _Timeline(self, next(self._ids))
         self._pending[timeline.id] = first
@@ -671,7 +672,7 @@ _GARBAGE = ["{not json", "[]", "null", '"just a string"', "42", '{"type": "respo
 class _Session:
     """One connection: the model, the candidate and the protocol bookkeeping of one conversation."""
 
-    def __init__(self, sim: "Simulator", ws: ServerConnection, number: int):
+    def __init__(self, sim: Simulator, ws: ServerConnection, number: int):
         self.sim, self.ws, self.number = sim, ws, number
         self.persona, self.faults, self.stats = sim.persona, sim.faults, sim.stats
         seed = sim.seed
@@ -1272,7 +1273,7 @@ class Simulator:
         host = f"[{host}]" if ":" in host else host
         return f"ws://{host}:{port}/v1/realtime"
 
-    async def __aenter__(self) -> "Simulator":
+    async def __aenter__(self) -> Simulator:
         self._server = await serve(
             self._handle,
             self.host,

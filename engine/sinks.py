@@ -12,8 +12,9 @@ import json
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 __all__ = ["Record", "Sink", "SINKS", "save_all", "atomic_write", "transcript_md", "report_md"]
 

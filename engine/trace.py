@@ -17,8 +17,9 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .effects import Effect, Play
 from .events import Event, normalise

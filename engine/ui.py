@@ -6,7 +6,8 @@ Both views only display what the runner hands them; neither decides anything.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .effects import Fired
 from .events import Event

@@ -8,8 +8,8 @@ over the measures that could be computed in this sample (weights renormalised).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .models import BANDS, CEFR, PART_NAMES
 

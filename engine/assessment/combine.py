@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from .bands import band_of, overall_score
 from .models import PART_NAMES, Assessment, BandScore, Part, Turn

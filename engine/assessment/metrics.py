@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from wordfreq import zipf_frequency
 
@@ -235,9 +235,9 @@ def word_families(ws: Sequence[str]) -> set[str]:
 # --- grammar ---------------------------------------------------------------------------------
 
 SUBORDINATORS = frozenset(
-    "because although though while whereas if unless whether whenever wherever".split()
+    ["because", "although", "though", "while", "whereas", "if", "unless", "whether", "whenever", "wherever"]
 )
-RELATIVES = frozenset("which who whom whose where when".split())
+RELATIVES = frozenset(["which", "who", "whom", "whose", "where", "when"])
 _NOT_COMPLEMENTIZER_AFTER_THAT = {"is", "was", "'s"}
 
 
@@ -295,8 +295,7 @@ _PAST_FORMS = (
     "decided|watched|tried|used"
 )
 _AUX = frozenset(
-    "do does did don't doesn't didn't will would can could should might must may shall let "
-    "make makes made help helps helped see saw watch to".split()
+    ["do", "does", "did", "don't", "doesn't", "didn't", "will", "would", "can", "could", "should", "might", "must", "may", "shall", "let", "make", "makes", "made", "help", "helps", "helped", "see", "saw", "watch", "to"]
 )
 
 # The documented error patterns. Each is a high-precision, low-recall signal over the

@@ -4,7 +4,8 @@ and what failed or fell back."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .bands import METRIC_INFO, THRESHOLDS, band_of, metric_score
 from .models import Assessment, Part
