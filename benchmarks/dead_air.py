@@ -564,7 +564,8 @@ async def engine_session(world: World, flow: flowmod.Flow, drain_at_end: bool = 
                 case CancelJob(name=name):
                     if name in jobs:
                         jobs.pop(name).cancel()
-                case End(ok=ok):
+                case End() as end:
+                    ok = end.ok
                     if not (drain_at_end and ok):
                         world.hang_up()
 

@@ -22,6 +22,7 @@ __all__ = [
     "Log",
     "Fired",
     "End",
+    "OUTCOMES",
 ]
 
 
@@ -98,13 +99,24 @@ class Fired:
     event: str
 
 
+OUTCOMES = ("completed", "completed_degraded", "not_completed", "interrupted", "error")
+
+
 @dataclass(frozen=True, slots=True)
 class End:
-    """The session is over: finish jobs and sinks, then hang up. `ok` is False unless a final
-    state was reached."""
+    """The session is over: finish jobs and sinks, then hang up.
+
+    `outcome` is one of OUTCOMES: `completed` (a final state was reached), `completed_degraded` (a
+    final state, but a timeout fallback carried the session there), `not_completed`, `interrupted`
+    (a signal; set by the driver), `error` (a bug in the engine; `reason` says `internal error: ...`).
+    """
 
     reason: str
-    ok: bool
+    outcome: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("completed", "completed_degraded")
 
 
 Effect = Send | Play | EndAudio | StopPlayback | StartJob | CancelJob | Save | Log | Fired | End

@@ -599,7 +599,7 @@ class Interview:
 
     def _end(self, reason: str, ok: bool) -> None:
         self.done = True
-        self._effects.append(End(reason, ok))
+        self._effects.append(End(reason, "completed" if ok else "not_completed"))
 
     def _new_event_id(self) -> str:
         self._ids += 1

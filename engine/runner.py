@@ -95,7 +95,7 @@ class Session:
         try:
             self.transport = await self.connect(self.endpoint)
         except EngineError as exc:
-            self._end = End(str(exc), ok=False)
+            self._end = End(str(exc), "not_completed")
             return await self._finish(None)
         wav = self.folder / "session.wav" if self.audio_mode == "wav" else None
         self.player, why = audiomod.open_player(self.audio_mode, self.inbox.put_nowait, loop=loop,
@@ -115,7 +115,7 @@ class Session:
                         task.cancel()
         except asyncio.CancelledError:  # Ctrl-C: keep what was gathered
             interrupted = True
-            self._end = End(f"interrupted in state '{self.iv.state}'", ok=False)
+            self._end = End(f"interrupted in state '{self.iv.state}'", "interrupted")
         return await self._finish(self.player, interrupted)
 
     def now(self) -> float:
@@ -216,7 +216,7 @@ class Session:
         self._failed(failed)
 
     async def _finish(self, player: Any, interrupted: bool = False) -> Result:
-        end = self._end or End("the interview stopped", ok=False)
+        end = self._end or End("the interview stopped", "not_completed")
         # Outputs first, then hang up: a pending save must not overwrite the final one.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*self._saves, return_exceptions=True), GRACE)

@@ -63,7 +63,7 @@ def test_seed_happy_path_exact_effects():
     feed(iv, [(2.5, created("resp_c", "r3")), (2.6, done("resp_c", "r3"))])
     assert feed(iv, [(3.0, playback_done("resp_c"))]) == [
         Fired("states.goodbye.transitions[0]", "goodbye", "done", "playback.done"),
-        End("reached final state 'done'", ok=True),
+        End("reached final state 'done'", "completed"),
     ]
     assert iv.done and iv.next_deadline() is None
     assert feed(iv, [(3.1, done("resp_c", "r3"))]) == []
@@ -174,7 +174,7 @@ def test_template_error_names_the_state_and_ends_the_session():
     effects = feed(iv, [(0.1, e) for e in ack_response(["audio", "transcript", "done"])]
                    + [(0.5, job_done("assessment", {"overall": {}}))])
     message = "state 'summary': template {assessment.summary} names nothing the session has yet ('summary' is missing)"
-    assert effects[-2:] == [Log("error", message), End(message, ok=False)]
+    assert effects[-2:] == [Log("error", message), End(message, "not_completed")]
 
 
 # The assessment flow ---------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_connection_closed_ends_the_session_unless_the_flow_handles_it():
     iv.start(0.0)
     from engine.events import Event
     effects = iv.receive(Event("session.closed", data={"reason": "server closed the connection (1001)"}), 3.0)
-    assert effects == [End("connection closed in state 'greeting': server closed the connection (1001)", ok=False)]
+    assert effects == [End("connection closed in state 'greeting': server closed the connection (1001)", "not_completed")]
 
 
 def test_enough_answers_without_a_tool_call_assesses_anyway():
@@ -331,7 +331,7 @@ def test_final_state_waits_for_queued_audio_to_be_heard_then_hangs_up():
     assert fired(effects) == [("goodbye", "done", "after.0")] and not iv.done
     assert iv.next_deadline() == 30.0 + 15.0 + 2.0 + 5.0  # the queued audio's length plus a margin
     assert feed(iv, [(30.5, playback_done("resp_b")), (30.6, answer("u9", "ignored now"))]) == []
-    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", ok=True)]
+    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", "completed")]
 
 
 def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes():
@@ -342,7 +342,7 @@ def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes
     assert fired(effects)[-1] == ("goodbye", "done", "after.0") and not iv.done
     assert iv.next_deadline() == pytest.approx(26.0 + 0.8 + 5.0)  # the ack's 800 ms, plus the margin
     assert feed(iv, [(31.8, None)]) == [Log("warning", "hanging up with audio of 1 response(s) not yet heard"),
-                                         End("reached final state 'done'", ok=True)]
+                                         End("reached final state 'done'", "completed")]
 
 
 def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
@@ -357,4 +357,4 @@ def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
     assert effects == [Play("resp_c", "c", ""), EndAudio("resp_c")]
     assert iv.next_deadline() == pytest.approx(26.0 + 5.0 + 4.0)  # extended by the audio that came
     assert feed(iv, [(26.3, playback_done("resp_b")), (30.2, playback_done("resp_c"))])[-1] == End(
-        "reached final state 'done'", ok=True)
+        "reached final state 'done'", "completed")
