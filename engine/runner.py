@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,7 @@ class Session:
                  view: PlainView | None = None, sinks: tuple[Sink, ...] = SINKS,
                  jobs: Mapping[str, JobFn] | None = None, session_id: str | None = None,
                  connect: Callable[[Endpoint], Awaitable[Transport]] = Transport.connect,
-                 live_input: bool = False, player: audiomod.Player | None = None,
-                 audio_input: AsyncIterator[bytes] | None = None):
+                 live_input: bool = False):
         self.flow = flow
         self.endpoint = endpoint
         self.speed = speed
@@ -67,8 +66,6 @@ class Session:
         self.job_fns = dict(registry()) if jobs is None else jobs
         self.connect = connect
         self.live_input = live_input
-        self._given_player = player  # a ready player (the browser's) instead of one from `audio`
-        self.audio_input = audio_input  # candidate pcm16 chunks to relay (the browser's microphone)
         self.id = session_id or datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.folder = out / self.id
         self.iv = Interview(flow)
@@ -101,20 +98,14 @@ class Session:
             self._end = End(str(exc), "not_completed")
             return await self._finish(None)
         wav = self.folder / "session.wav" if self.audio_mode == "wav" else None
-        if self._given_player is not None:
-            self.player, why = self._given_player, None
-        else:
-            self.player, why = audiomod.open_player(self.audio_mode, self.inbox.put_nowait, loop=loop,
-                                                    speed=self.speed, wav_path=wav)
+        self.player, why = audiomod.open_player(self.audio_mode, self.inbox.put_nowait, loop=loop,
+                                                speed=self.speed, wav_path=wav)
         if why:
             self._note(f"audio: {why}")
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(self.transport.reader(self.inbox.put_nowait, self._note))
-                if self.audio_input is not None:
-                    mic = group.create_task(self._relay_input(self.audio_input))
-                else:
-                    mic = group.create_task(self._microphone(loop)) if self.live_input else None
+                mic = group.create_task(self._microphone(loop)) if self.live_input else None
                 self.jobs = Jobs(group, self.inbox.put_nowait, self.job_fns)
                 await self._drive()
                 await self.jobs.wait(GRACE)
@@ -202,16 +193,12 @@ class Session:
         if mic is None:
             self._note(f"microphone: {why}")
             return
-        await self._relay_input(mic.chunks())
-
-    async def _relay_input(self, chunks: AsyncIterator[bytes]) -> None:
         n = 0
-        async for chunk in chunks:
+        async for chunk in mic.chunks():
             n += 1
             self.player.record_input(chunk)  # --audio wav keeps both sides
-            with contextlib.suppress(Exception):  # a dead socket reports itself as session.closed
-                await self.transport.send({"type": "input_audio_buffer.append", "event_id": f"mic_{n}",
-                                           "audio": base64.b64encode(chunk).decode()})
+            await self.transport.send({"type": "input_audio_buffer.append", "event_id": f"mic_{n}",
+                                       "audio": base64.b64encode(chunk).decode()})
 
     # Outputs.
 
