@@ -206,7 +206,7 @@ class Server:
         session = Session(config.flow, config.endpoint, out=config.out, audio="none", speed=config.speed,
                           view=PageView(link, row), sinks=config.sinks, jobs=config.jobs, session_id=session_id,
                           player=link.player, audio_input=link.microphone())
-        link.player.emit = session.inbox.put_nowait
+        link.player.emit = session.deliver
         self.links[session_id] = link
         self.sessions[session_id] = session
         self._resume[link.resume_key] = session_id
@@ -258,7 +258,7 @@ class Server:
         session = self.sessions.get(session_id)
         if session is not None:
             self._log(f"session {session_id}: the page did not come back within {self.config.resume_window:g} s")
-            session.inbox.put_nowait(closed_event())
+            session.deliver(closed_event())
 
     async def shutdown(self) -> None:
         """SIGTERM: take no new sessions; give running ones `grace` seconds (or until `force` is
