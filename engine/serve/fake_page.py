@@ -92,7 +92,8 @@ class FakePage:
         async with connect(url, origin=origin, max_size=2**22, open_timeout=10) as ws:  # type: ignore[arg-type]
             self._ws = ws
             hello = {"type": "hello", "resume": self.resume} if self.resume else {"type": "hello", "token": self.token}
-            await ws.send(json.dumps(hello))
+            with contextlib.suppress(websockets.ConnectionClosed):  # refused before it spoke: read why
+                await ws.send(json.dumps(hello))
             mic = asyncio.create_task(self._microphone(ws))
             try:
                 return await self._read(ws)
