@@ -28,10 +28,13 @@ OPERATOR = "operator-key-for-tests"
 @contextlib.asynccontextmanager
 async def serving(tmp: Path, *, speed: float = 30.0, persona: Any = None, faults: str = "", flow: Flow = FLOW,
                   db: str | None = None, voices: bool = False, sim_options: dict[str, Any] | None = None,
-                  **config: Any) -> AsyncIterator[tuple[Server, str, Store]]:
-    """`engine serve` in this process: the simulator at `speed`, a server on a free port."""
+                  sims: list[Any] | None = None, **config: Any) -> AsyncIterator[tuple[Server, str, Store]]:
+    """`engine serve` in this process: the simulator at `speed`, a server on a free port.
+    `sims`, if given, receives the simulator (for its statistics)."""
     store = Store.open(db or str(tmp / "serve.sqlite"))
     async with simulator(persona=persona, faults=faults, speed=speed, voices=voices, **(sim_options or {})) as sim:
+        if sims is not None:
+            sims.append(sim)
         cfg = ServeConfig(flow=flow, endpoint=Endpoint(sim.url, api_key=SECRET, simulated=True), store=store,
                           out=tmp / "runs", speed=speed, operator_token=OPERATOR, **config)
         async with running(cfg) as (server, url):

@@ -325,7 +325,7 @@ class PageView(PlainView):
     def event(self, t: float, event: Event) -> None:
         kind = event.type
         if kind == "response.output_audio_transcript.done":
-            self._link.send_json({"type": "transcript", "role": "interviewer",
+            self._link.send_json({"type": "transcript", "role": "interviewer", "response": event.response_id,
                                   "text": str(event.data.get("transcript") or "")})
         elif kind == "input.transcript":
             self._link.send_json({"type": "transcript", "role": "candidate",

@@ -13,7 +13,7 @@ The page protocol (one WebSocket, `/ws`; text frames are JSON, binary frames are
                      {"type": "audio", "response", "item"}, then binary frames of that item's audio
                      {"type": "end", "response"}    {"type": "stop"}    (barge-in: flush and report)
                      {"type": "status", "state": "listening"|"thinking"}
-                     {"type": "transcript", "role": "interviewer"|"candidate", "text"}
+                     {"type": "transcript", "role": "interviewer"|"candidate", "text", ["response"]}
                      {"type": "ended", "outcome", "message"}   then close 1000
                      {"type": "refused", "reason", "message"}  then close 4xxx
 

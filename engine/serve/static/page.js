@@ -7,7 +7,7 @@ const token = decodeURIComponent(location.hash.slice(1));
 if (token) history.replaceState(null, "", location.pathname); // keep the link out of the history
 
 const WORDS = { idle: "Not started", connecting: "Connecting…", listening: "Listening", thinking: "Thinking…",
-  speaking: "Speaking", over: "Interview over", failed: "Interview stopped" };
+  speaking: "Speaking", over: "Interview over", failed: "Interview stopped", refused: "Cannot start" };
 
 const page = {
   ws: null,
@@ -20,6 +20,8 @@ const page = {
   ctx: null,
   playback: null,
   current: null, // {response, item} the next binary frames belong to
+  lines: new Map(), // response id -> its transcript line
+  cut: new Set(), // responses the candidate talked over
 };
 
 // What the candidate sees.
@@ -40,7 +42,7 @@ function showMessage(text, kind) {
   m.hidden = false;
 }
 
-function addLine(role, text) {
+function addLine(role, text, response) {
   const p = document.createElement("p");
   p.className = role;
   const who = document.createElement("b");
@@ -48,6 +50,22 @@ function addLine(role, text) {
   p.append(who, document.createTextNode(text));
   $("transcript").append(p);
   p.scrollIntoView({ block: "end" });
+  if (response) {
+    page.lines.set(response, p);
+    if (page.cut.has(response)) markCut(response);
+  }
+}
+
+function markCut(response) {
+  // The transcript holds the whole text; the candidate heard only the start of it.
+  page.cut.add(response);
+  const p = page.lines.get(response);
+  if (p && !p.classList.contains("cut")) {
+    p.classList.add("cut");
+    const note = document.createElement("i");
+    note.textContent = " (interrupted)";
+    p.append(note);
+  }
 }
 
 function finish(state, text, kind) {
@@ -74,7 +92,7 @@ function connect() {
     if (page.over) return;
     if (e.code >= 4000) {
       // Refused: the reason came as a message just before; this is in case it did not.
-      finish("failed", e.reason ? `The interview could not start (${e.reason}).` : "The interview could not start.",
+      finish("refused", e.reason ? `The interview could not start (${e.reason}).` : "The interview could not start.",
         "error");
     } else if (page.resume && !page.retried) {
       page.retried = true;
@@ -106,13 +124,13 @@ function onMessage(m) {
       refreshState();
       break;
     case "transcript":
-      if (m.text) addLine(m.role, m.text);
+      if (m.text) addLine(m.role, m.text, m.response);
       break;
     case "ended":
       finish("over", m.message, m.outcome === "completed" || m.outcome === "completed_degraded" ? "ok" : "error");
       break;
     case "refused":
-      finish("failed", m.message, "error");
+      finish("refused", m.message, "error");
       break;
   }
 }
@@ -156,12 +174,13 @@ function onPlayback(m) {
   if (m.type === "playing") {
     page.speaking = m.on;
     refreshState();
-  } else if (m.type === "done") {
-    // Rendered is not yet heard: the last samples reach the speaker one output latency later.
+  } else if (m.type === "done" || m.type === "started") {
+    // Rendered is not yet heard: samples reach the speaker one output latency later.
     const latency = (page.ctx.outputLatency || 0) + (page.ctx.baseLatency || 0);
     setTimeout(() => send(m), latency * 1000);
   } else {
-    send(m); // started, progress, stopped: stopped at once, the engine truncates with it
+    if (m.type === "stopped" && m.response) markCut(m.response);
+    send(m); // progress, and stopped at once: the engine truncates with its played_ms
   }
 }
 
@@ -175,7 +194,7 @@ function stopAudio() {
 $("start").addEventListener("click", async () => {
   $("start").disabled = true;
   if (!token) {
-    finish("failed", "This page needs your personal interview link. Please open the link you received.", "error");
+    finish("refused", "This page needs your personal interview link. Please open the link you received.", "error");
     return;
   }
   try {
