@@ -90,3 +90,40 @@ def postgres_url() -> tuple[str | None, str]:
         return None, f"no PostgreSQL server could be started: {run.stderr.strip() or 'no reason given'}"
     os.environ["ENGINE_TEST_POSTGRES"] = url
     return url, ""
+
+
+def make_persona(*, questions: list[str] | None = None, answers: list[str] | None = None,
+                 tool_after: int | None = None, barge_in: tuple[int, float] | None = None,
+                 reaction_s: tuple[float, float] | None = None, interviewer_wpm: int | None = None) -> Any:
+    """The default persona with changes, in the simulator's persona format (engine.sim's nested
+    `candidate`/`interviewer` one, or the older flat one). `barge_in`: (answer index, seconds into
+    that question's audio)."""
+    from engine import simulator as sim
+
+    base = sim.load_persona()
+    data = base.model_dump(mode="json")
+    if "candidate" in data:  # docs/personas.md
+        candidate, interviewer = data["candidate"], data["interviewer"]
+        if tool_after is not None:
+            interviewer["tool_calls"][0]["after_answers"] = tool_after
+    else:
+        candidate = interviewer = data
+        if tool_after is not None:
+            data["questions_before_assessment"] = tool_after
+        interviewer = data["interviewer"]
+    if answers is not None:
+        candidate["answers"] = list(answers)
+    if reaction_s is not None:
+        candidate["reaction_s"] = list(reaction_s)
+    if questions is not None:
+        interviewer["questions"] = list(questions)
+    if interviewer_wpm is not None:
+        interviewer["words_per_minute"] = interviewer_wpm
+    if barge_in is not None:
+        n, after = barge_in
+        if "candidate" in data:
+            text = candidate["answers"][n]
+            candidate["answers"][n] = {"text": text if isinstance(text, str) else text["text"], "barge_in_s": after}
+        else:
+            data["barge_in"] = {"question": n + 1, "after_s": after}
+    return type(base).model_validate(data)

@@ -15,11 +15,10 @@ from engine.events import Event
 from engine.serve.app import REFUSED
 from engine.serve.fake_page import FakePage
 from engine.serve.player import BrowserPlayer
-from engine.simulator import BargeIn, load_persona
 from engine.store import REFUSALS, Store, hash_token
 from engine.trace import read
 
-from serve_helpers import FLOW, OPERATOR, SECRET, http, postgres_url, serving
+from serve_helpers import FLOW, OPERATOR, SECRET, http, make_persona, postgres_url, serving
 
 SPEED = 30.0
 LIMIT = 60.0  # seconds any one interview may take here
@@ -95,7 +94,7 @@ def test_every_response_is_reported_by_the_page_when_heard_not_when_it_arrived(t
 
 
 def test_barge_in_stops_the_page_and_truncates_at_the_pages_played_ms(tmp_path):
-    persona = load_persona().model_copy(update={"barge_in": BargeIn(question=2, after_s=1.5)})
+    persona = make_persona(barge_in=(1, 1.5))  # over the second question
     outcome, page, result, _ = asyncio.run(one_interview(tmp_path, persona=persona, speed=10.0))
     assert outcome.outcome == "completed" and page.received["stop"] == 1
     stopped = [r for r in page.reports if r["type"] == "stopped"]

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 from engine.serve.main import simulator_options
-from engine.simulator import BargeIn, load_persona
 from engine.trace import read
 
-from serve_helpers import FLOW, SECRET, serving
+from serve_helpers import FLOW, SECRET, make_persona, serving
 
 playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,10 +36,8 @@ ANSWERS = ["I live in Lyon with my girlfriend, and I work for a small company th
 
 
 def persona(**changes):
-    base = load_persona()
-    interviewer = base.interviewer.model_copy(update={"questions": QUESTIONS, "words_per_minute": 180})
-    return base.model_copy(update={"interviewer": interviewer, "answers": ANSWERS, "reaction_s": (0.3, 0.5),
-                                   "questions_before_assessment": 2, **changes})
+    return make_persona(questions=QUESTIONS, answers=ANSWERS, reaction_s=(0.3, 0.5), tool_after=2,
+                        interviewer_wpm=180, **changes)
 
 
 def speech_wav(path: Path, script: list[tuple[float, str]]) -> Path:
@@ -145,7 +142,7 @@ def test_a_browser_takes_the_interview_with_a_scripted_candidate(tmp_path):
     question); the browser's microphone is relayed all along."""
     wav = speech_wav(tmp_path / "mic.wav", [(1.0, "Hello, can you hear me?"), (30.0, "")])
     state, message, lines, result, stats, errors, received, shot = asyncio.run(take_interview(
-        tmp_path, wav, persona=persona(barge_in=BargeIn(question=1, after_s=1.5))))
+        tmp_path, wav, persona=persona(barge_in=(0, 1.5))))
     assert errors == []
     assert state == "Interview over" and "Thank you" in message, (state, message)
     assert result.ok and result.state == "done"

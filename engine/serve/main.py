@@ -192,6 +192,12 @@ async def _serve(flow: object, args: argparse.Namespace, store: Store, sock: soc
 
 
 def simulator_options() -> tuple[dict[str, Any], str]:
-    """How the embedded simulator plays the candidate for `engine serve`: by listening to the
-    page's microphone when the simulator can (speech detected in the appended audio)."""
+    """How the embedded simulator plays the candidate for `engine serve`: the candidate is the
+    page's microphone (the simulator detects speech in the appended audio), when it can."""
+    import inspect
+
+    from ..simulator import Simulator
+
+    if "scripted_candidate" in inspect.signature(Simulator).parameters:
+        return {"scripted_candidate": False}, "the candidate is your microphone"
     return {}, "its candidate is scripted: this simulator does not listen to the microphone"
