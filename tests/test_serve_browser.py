@@ -30,7 +30,9 @@ pytestmark = [
 LIMIT_S = 240  # one interview, in real time, on a loaded machine
 
 # A short interview: two questions, then the assessment, its summary and goodbye.
-QUESTIONS = ["Where do you live?", "What do you do at the weekend?", "What are your plans?"]
+# The first question is long, so that the candidate's first words land in it (a barge-in).
+QUESTIONS = ["Could you tell me a little about yourself: where you live, what you do, and why you are learning English?",
+             "What do you do at the weekend?", "What are your plans?"]
 ANSWERS = ["I live in Lyon with my girlfriend, and I work for a small company that sells bicycles.",
            "At the weekend I cook Italian food, and I play board games with my friends."]
 
@@ -164,8 +166,7 @@ def test_a_browser_takes_the_interview_with_its_microphone(tmp_path):
     options, note = simulator_options()
     if not options:
         pytest.skip(f"the simulator cannot take the candidate from the microphone yet: {note}")
-    wav = speech_wav(tmp_path / "mic.wav", [(3.0, ANSWERS[0]), (12.0, ANSWERS[1]), (12.0, "Thank you."),
-                                            (60.0, "")])
+    wav = speech_wav(tmp_path / "mic.wav", [(3.5, ANSWERS[0]), (10.0, ANSWERS[1]), (60.0, "")])
     state, message, lines, result, stats, errors, received, shot = asyncio.run(take_interview(
         tmp_path, wav, persona=persona(), sim_options=options))
     assert errors == []
