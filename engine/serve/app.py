@@ -392,17 +392,20 @@ class LagMonitor:
     PERIOD = 0.05
 
     def __init__(self) -> None:
-        self.samples: deque[float] = deque(maxlen=1200)
+        self.samples: deque[tuple[float, float]] = deque(maxlen=1200)  # (when, lag) in loop seconds
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + self.PERIOD
             await asyncio.sleep(self.PERIOD)
-            self.samples.append(max(0.0, loop.time() - due))
+            now = loop.time()
+            self.samples.append((now, max(0.0, now - due)))
 
-    def summary(self) -> dict[str, float]:
-        lags = sorted(self.samples)
+    def summary(self, window: float = 60.0) -> dict[str, float]:
+        """p50, p99 and max lag (ms) over the last `window` seconds."""
+        since = asyncio.get_running_loop().time() - window
+        lags = sorted(lag for when, lag in self.samples if when >= since)
         if not lags:
             return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "samples": 0}
 

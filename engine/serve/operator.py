@@ -3,7 +3,7 @@
     GET /sessions?key=K           sets the operator cookie from the key `engine serve` printed
     GET /sessions                 the list: state, outcome, started, duration, band
     GET /sessions/live            server-sent events: a changed row as JSON, as it changes
-    GET /sessions/stats           this process: sessions running, event-loop lag, relay counters
+    GET /sessions/stats[?window=S] this process: sessions running, event-loop lag, relay counters
     GET /sessions/{id}            one session: its timeline, transcript and report
     GET /sessions/{id}/report.json | transcript.md | timeline.svg
 
@@ -162,9 +162,13 @@ async def _document(server: Server, request: Request) -> Response:
 
 
 async def _stats(server: Server, request: Request) -> Response:
+    try:
+        window = min(60.0, max(0.1, float(request.query_params.get("window", 60))))
+    except ValueError:
+        window = 60.0
     links = {sid: dict(link.stats) for sid, link in server.links.items()}
     return JSONResponse({"sessions": len(server.links), "max_sessions": server.config.max_sessions,
-                         "draining": server.draining, "loop_lag": server.lag.summary(), "links": links})
+                         "draining": server.draining, "loop_lag": server.lag.summary(window), "links": links})
 
 
 async def _live(server: Server, request: Request) -> Response:
