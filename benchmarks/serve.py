@@ -97,8 +97,8 @@ async def stats(base: str, window: float = 60.0) -> dict[str, Any]:
 
     parts = urlsplit(base)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(f"GET /sessions/stats?window={window:.1f} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {KEY}\r\n"
-                 "Connection: close\r\n\r\n".encode())
+    writer.write(f"GET /sessions/stats?window={window:.1f} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                 f"Authorization: Bearer {KEY}\r\nConnection: close\r\n\r\n".encode())
     raw = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return dict(json.loads(raw.partition(b"\r\n\r\n")[2]))
@@ -128,13 +128,13 @@ async def measure(base: str, store: Store, pid: int, steps: list[int], window: f
                 await asyncio.sleep(ramp / max(1, n - len(slots) + 1))
             await asyncio.sleep(settle)
             before = await stats(base)
-            frames0 = sum(link["mic_frames"] for link in before["links"].values())
+            frames0 = before["totals"].get("mic_frames", 0)
             t0, cpu0, mine0, finished0 = time.monotonic(), cpu_s(pid), cpu_s(me), len(done)
             await asyncio.sleep(window)
             wall = time.monotonic() - t0
             after = await stats(base, wall)
             cpu = (cpu_s(pid) - cpu0) / wall
-            frames = sum(link["mic_frames"] for link in after["links"].values()) - frames0
+            frames = after["totals"].get("mic_frames", 0) - frames0
             outcomes = [o for _, o in done[finished0:]]
             lag = after["loop_lag"]
             row = {"n": n, "running": after["sessions"], "cpu_core_pct": round(cpu * 100, 1),
@@ -193,8 +193,8 @@ def run(steps: list[int], window: float, progress: bool = True, ramp: float = RA
 
 
 def table(report: dict[str, Any]) -> str:
-    out = ["| N pages | running | serve CPU (% of one core) | CPU ms per session-second | RSS | loop lag p50 / p99 / max "
-           "| mic frames relayed / s | interviews finished (ok) | pages' process CPU |",
+    out = ["| N pages | running | serve CPU (% of one core) | CPU ms per session-second | RSS "
+           "| loop lag p50 / p99 / max | mic frames relayed / s | interviews finished (ok) | pages' process CPU |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         other = f", other: {', '.join(r['other_outcomes'])}" if r["other_outcomes"] else ""
@@ -218,8 +218,9 @@ def section(report: dict[str, Any]) -> str:
         "",
         f"`python -m benchmarks.serve --steps {','.join(map(str, report['steps']))} --window {report['window_s']:g}` "
         f"on {when}: {cpus} CPUs ({model}), Python {platform.python_version()}, {platform.platform()}, engine at "
-        f"commit {commit.strip() or 'unknown'}. Load average at the start {', '.join(f'{x:.2f}' for x in report['load_before'])}, "
-        f"at the end {', '.join(f'{x:.2f}' for x in report['load_after'])}.",
+        f"commit {commit.strip() or 'unknown'}. Load average (1, 5, 15 min) at the start "
+        f"{', '.join(f'{x:.2f}' for x in report['load_before'])}, at the end "
+        f"{', '.join(f'{x:.2f}' for x in report['load_after'])}.",
         "",
         "One `engine serve` process relays N scripted pages (engine/serve/fake_page.py: what a browser sends and "
         "receives, over real WebSockets on 127.0.0.1) to a Realtime simulator in another process "

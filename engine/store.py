@@ -160,6 +160,12 @@ class Store:
                         "where token_hash = ? and used is null and expires > ?", (now, session_id, key, now))
             return Claim() if cur.rowcount == 1 else Claim("used")
 
+    def release(self, token: str, session_id: str) -> None:
+        """Undo a claim by `session_id` that never became a session (the server began shutting down)."""
+        with self._cursor() as cur:
+            cur.execute("update serve_invites set used = null, session_id = null "
+                        "where token_hash = ? and session_id = ?", (hash_token(token), session_id))
+
     @staticmethod
     def _check(cur: _Cursor, key: str, flow: str, now: float) -> Claim:
         cur.execute("select flow, expires, used from serve_invites where token_hash = ?", (key,))

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from helpers import ROOT, load_flow
+
 from engine.flow import Flow
 from engine.realtime import Endpoint
 from engine.serve.app import ServeConfig, Server, running
 from engine.simulator import simulator
 from engine.store import Store
-
-from helpers import ROOT, load_flow
 
 FLOW = load_flow("assessment.yaml")
 SECRET = "sk-test-serve-never-on-a-page-0123456789"
@@ -41,7 +41,8 @@ async def serving(tmp: Path, *, speed: float = 30.0, persona: Any = None, faults
             yield server, url, store
 
 
-async def http(url: str, *, headers: dict[str, str] | None = None, limit: float = 10.0) -> tuple[int, dict[str, str], str]:
+async def http(url: str, *, headers: dict[str, str] | None = None,
+               limit: float = 10.0) -> tuple[int, dict[str, str], str]:
     """GET `url` (HTTP/1.1, Connection: close): (status, lower-cased headers, body)."""
     parts = urlsplit(url)
     reader, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), limit)

@@ -10,6 +10,7 @@ import sqlite3
 import time
 
 import pytest
+from serve_helpers import FLOW, OPERATOR, SECRET, http, make_persona, postgres_url, serving
 
 from engine.events import Event
 from engine.serve.app import REFUSED
@@ -17,8 +18,6 @@ from engine.serve.fake_page import FakePage
 from engine.serve.player import BrowserPlayer
 from engine.store import REFUSALS, Store, hash_token
 from engine.trace import read
-
-from serve_helpers import FLOW, OPERATOR, SECRET, http, make_persona, postgres_url, serving
 
 SPEED = 30.0
 LIMIT = 60.0  # seconds any one interview may take here
@@ -72,7 +71,7 @@ def test_an_interview_through_a_page_completes_with_the_same_outputs_as_engine_r
 
 def test_every_response_is_reported_by_the_page_when_heard_not_when_it_arrived(tmp_path):
     outcome, page, result, _ = asyncio.run(one_interview(tmp_path, speed=10.0))
-    assert set(e["response_id"] for _, e in engine_events(result, "playback.started")) <= \
+    assert {e["response_id"] for _, e in engine_events(result, "playback.started")} <= \
         {r["response"] for r in page.reports if r["type"] == "started"}
     done = {e["response_id"]: (t, e["data"]["played_ms"]) for t, e in engine_events(result, "playback.done")}
     # Every response the page played was reported done, once, with the length of its audio.
@@ -308,7 +307,8 @@ def test_the_operator_view_needs_its_key_and_shows_sessions_live(tmp_path):
     outcome, events, listing, detail, svg, report, stats = asyncio.run(main())
     assert all(e["id"] == outcome.session for e in events) and events[0]["cells"]["outcome"] == "running"
     assert listing[0] == 200 and outcome.session in listing[2] and "completed" in listing[2]
-    assert listing[1]["cache-control"] == "no-store" and "frame-ancestors 'none'" in listing[1]["content-security-policy"]
+    assert listing[1]["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in listing[1]["content-security-policy"]
     assert detail[0] == 200 and "Transcript" in detail[2] and "timeline.svg" in detail[2]
     assert svg[0] == 200 and svg[1]["content-type"].startswith("image/svg+xml") and svg[2].startswith("<svg")
     assert json.loads(report[2])["final_state"] == "done"
@@ -323,7 +323,8 @@ async def _first_events(url, headers, n):
 
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    request = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    request = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items()),
+               "", ""]
     writer.write("\r\n".join(request).encode())
     events = []
     try:
@@ -340,7 +341,8 @@ def test_the_candidate_page_and_its_scripts_are_served_with_a_strict_policy(tmp_
     async def main():
         async with serving(tmp_path) as (server, url, store):
             return [await http(f"{url}{path}") for path in (
-                "/interview", "/static/page.js", "/static/capture-worklet.js", "/static/playback-worklet.js", "/health")]
+                "/interview", "/static/page.js", "/static/capture-worklet.js", "/static/playback-worklet.js",
+                "/health")]
 
     page, script, capture, playback, health = asyncio.run(main())
     assert page[0] == 200 and 'id="start"' in page[2] and "script-src" not in page[1]["content-security-policy"]

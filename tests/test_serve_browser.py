@@ -15,24 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import FLOW, SECRET, make_persona, serving
 
 from engine.serve.main import simulator_options
 from engine.trace import read
-
-from serve_helpers import FLOW, SECRET, make_persona, serving
 
 playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
-    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"),
+    pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                       reason="espeak-ng is not installed (apt-get install espeak-ng)"),
 ]
 LIMIT_S = 240  # one interview, in real time, on a loaded machine
 
 # A short interview: two questions, then the assessment, its summary and goodbye.
 # The first question is long, so that the candidate's first words land in it (a barge-in).
-QUESTIONS = ["Could you tell me a little about yourself: where you live, what you do, and why you are learning English?",
-             "What do you do at the weekend?", "What are your plans?"]
+QUESTIONS = ["Could you tell me a little about yourself: where you live, what you do, and why you are learning "
+             "English?", "What do you do at the weekend?", "What are your plans?"]
 ANSWERS = ["I live in Lyon with my girlfriend, and I work for a small company that sells bicycles.",
            "At the weekend I cook Italian food, and I play board games with my friends."]
 
@@ -185,7 +185,8 @@ def test_the_page_says_clearly_why_it_cannot_start(tmp_path):
         async with serving(tmp_path) as (server, url, store):
             used = store.create_invite(FLOW.name, 600)
             assert store.claim(used, FLOW.name, "someone-else").ok
-            links = {"used": f"{url}/interview#{used}", "expired": f"{url}/interview#{store.create_invite(FLOW.name, -1)}",
+            expired = store.create_invite(FLOW.name, -1)
+            links = {"used": f"{url}/interview#{used}", "expired": f"{url}/interview#{expired}",
                      "unknown": f"{url}/interview#not-a-real-token", "missing": f"{url}/interview"}
             shown = {}
             async with async_playwright() as p:

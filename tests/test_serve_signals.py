@@ -8,10 +8,10 @@ import signal
 import sys
 import time
 
+from serve_helpers import FLOW, http
+
 from engine.serve.fake_page import FakePage
 from engine.store import Store
-
-from serve_helpers import FLOW, http
 
 SPEED = 5.0  # slow enough that the interviews are still running when the signal comes
 
@@ -71,7 +71,7 @@ def test_sigterm_takes_no_new_interviews_and_ends_running_ones_after_the_grace_s
     assert late.kind == "refused" and late.reason == "shutting_down"
     assert health[0] == 503
     assert took < 30  # the grace (1 s), then the finish of each session
-    for page, outcome in zip(pages, outcomes):
+    for page, outcome in zip(pages, outcomes, strict=True):
         assert outcome.kind == "ended" and outcome.outcome == "interrupted"
         assert "shutting down" in outcome.message
         row = store.session(page.session)

@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,7 @@ class Server:
         self.sessions: dict[str, Session] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.results: dict[str, Result] = {}  # finished in this process (tests read them)
+        self.relayed: Counter[str] = Counter()  # the relay counters of finished sessions
         self._resume: dict[str, str] = {}  # resume key -> session id
         self._slots = 0  # admitted or being admitted: what --max-sessions counts
         self._change = asyncio.Event()
@@ -166,8 +167,10 @@ class Server:
             except Exception as exc:
                 self._warn(f"sessions database: {type(exc).__name__}: {exc}")
                 claim = Claim("unavailable")
-            if self.draining and claim.ok:
-                claim = Claim("shutting_down")  # claimed while the signal came: a rare lost link
+            if self.draining and claim.ok:  # the signal came while the link was being claimed
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.store.release, token, session_id)
+                claim = Claim("shutting_down")
             if not claim.ok:
                 return await self._refuse(ws, claim.refusal or "unknown", claim.message)
             link = self._start(session_id)
@@ -219,7 +222,7 @@ class Server:
         result: Result | None = None
         try:
             result = await session.run()
-        except Exception as exc:  # a bug in the engine: the page still hears that it is over
+        except (Exception, asyncio.CancelledError) as exc:  # a bug: the page still hears that it is over
             self._warn(f"session {sid} failed: {type(exc).__name__}: {exc}")
         outcome = "error"
         try:
@@ -234,6 +237,7 @@ class Server:
             self.tasks.pop(sid, None)
             self._resume.pop(link.resume_key, None)
             self._slots -= 1
+            self.relayed.update(link.stats)
             if result is not None:
                 self.results[sid] = result
             reason = result.reason if result is not None else "the session failed"

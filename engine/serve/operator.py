@@ -3,7 +3,8 @@
     GET /sessions?key=K           sets the operator cookie from the key `engine serve` printed
     GET /sessions                 the list: state, outcome, started, duration, band
     GET /sessions/live            server-sent events: a changed row as JSON, as it changes
-    GET /sessions/stats[?window=S] this process: sessions running, event-loop lag, relay counters
+    GET /sessions/stats[?window=S] this process: sessions running, event-loop lag, relay counters (per
+                                  running session, and totals since the start)
     GET /sessions/{id}            one session: its timeline, transcript and report
     GET /sessions/{id}/report.json | transcript.md | timeline.svg
 
@@ -22,6 +23,7 @@ import json
 import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from functools import cache
 from pathlib import Path
@@ -167,8 +169,12 @@ async def _stats(server: Server, request: Request) -> Response:
     except ValueError:
         window = 60.0
     links = {sid: dict(link.stats) for sid, link in server.links.items()}
+    totals = Counter(server.relayed)
+    for counters in links.values():
+        totals.update(counters)
     return JSONResponse({"sessions": len(server.links), "max_sessions": server.config.max_sessions,
-                         "draining": server.draining, "loop_lag": server.lag.summary(window), "links": links})
+                         "draining": server.draining, "loop_lag": server.lag.summary(window), "links": links,
+                         "totals": dict(totals)})
 
 
 async def _live(server: Server, request: Request) -> Response:
