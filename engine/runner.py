@@ -226,8 +226,9 @@ class Session:
         async for chunk in chunks:
             n += 1
             self.player.record_input(chunk)  # --audio wav keeps both sides
-            await self.transport.send({"type": "input_audio_buffer.append", "event_id": f"mic_{n}",
-                                       "audio": base64.b64encode(chunk).decode()})
+            with contextlib.suppress(Exception):  # a dead socket reports itself as session.closed
+                await self.transport.send({"type": "input_audio_buffer.append", "event_id": f"mic_{n}",
+                                           "audio": base64.b64encode(chunk).decode()})
 
     # Outputs.
 

@@ -421,3 +421,54 @@ def test_engine_invite_prints_one_time_links(tmp_path, capsys):
     assert all(store.check(link.split("#")[1], FLOW.name).ok for link in links)
     assert main(["invite", str(FLOW.path), "--db", str(db), "--expires", "soon"]) == 2
     assert "--expires 'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_the_interviewer_connection_dropping_while_the_page_talks_ends_the_session_saved(tmp_path):
+    """The Realtime connection closes while a job runs and the page still streams its microphone:
+    the relay must not turn the dead socket into a crash; the flow ends the session, saved."""
+    async def main():
+        sims, started = [], asyncio.Event()
+
+        async def hangs(inputs):
+            started.set()
+            await asyncio.Event().wait()
+
+        async with serving(tmp_path, sims=sims, jobs={"assessment": hangs}) as (server, url, store):
+            page = FakePage(url, store.create_invite(FLOW.name, 600), speed=SPEED)
+            running = asyncio.create_task(page.run())
+            await asyncio.wait_for(started.wait(), LIMIT)
+            await sims[0].__aexit__(None, None, None)  # closes every connection of the simulator
+            outcome = await asyncio.wait_for(running, LIMIT)
+            return outcome, server.results[outcome.session], store.session(outcome.session)
+
+    outcome, result, row = asyncio.run(main())
+    assert outcome.kind == "ended" and outcome.outcome == "not_completed" and "saved" in outcome.message
+    assert not result.ok and result.reason.startswith("connection closed in state 'ack'")
+    for name in ("report.json", "report.md", "transcript.md", "trace.jsonl"):
+        assert (result.folder / name).exists(), name
+    assert row["outcome"] == "not_completed" and row["report"]
+
+
+def test_engine_serve_says_in_one_line_why_it_cannot_start(tmp_path, capsys):
+    import socket
+
+    from engine.cli import main
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases = {
+        ("--grace", "forever"): "--grace 'forever' is not a duration",
+        ("--max-sessions", "0"): "--max-sessions must be at least 1",
+        ("--db", "mysql://x/y"): "use a file path, sqlite:///PATH or postgresql://",
+        ("--port", str(port)): f"cannot listen on 127.0.0.1:{port}",
+    }
+    try:
+        for args, message in cases.items():
+            assert main(["serve", str(FLOW.path), "--out", str(tmp_path / "runs"), *args]) == 2
+            err = capsys.readouterr().err
+            assert message in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        busy.close()
+    assert main(["serve", str(tmp_path / "missing.yaml")]) == 2

@@ -223,7 +223,7 @@ class Server:
         try:
             result = await session.run()
         except (Exception, asyncio.CancelledError) as exc:  # a bug: the page still hears that it is over
-            self._warn(f"session {sid} failed: {type(exc).__name__}: {exc}")
+            self._warn(f"session {sid} failed: {_describe(exc)}")
         outcome = "error"
         try:
             outcome = await self._record(session, result, row)
@@ -496,6 +496,13 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception; for a group, its first leaf (what actually went wrong)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _outcome(report: Mapping[str, Any], result: Result | None) -> str:
