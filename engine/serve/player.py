@@ -16,6 +16,7 @@ The page is not trusted: a report may only name responses and items this player 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -63,6 +64,10 @@ class BrowserPlayer:
         self._sent[response_id] += len(pcm)
         if item_id is not None:
             self._items[item_id] = self._items.get(item_id, 0) + len(pcm)
+
+    def feed_base64(self, response_id: str, item_id: str | None, audio: str) -> None:
+        """`feed` for audio as the server sends it: the page needs the samples, so decode."""
+        self.feed(response_id, item_id, base64.b64decode(audio))
 
     def end(self, response_id: str) -> None:
         if self._closed or response_id in self._closed_for_audio or response_id in self._ended:
