@@ -98,7 +98,7 @@ class Transport:
         put(Event("session.closed", data={"reason": reason}))
 
     def _why(self, exc: websockets.ConnectionClosed | None) -> str:
-        close = (exc.rcvd if exc is not None else None) or self._ws.close_rcvd
+        close = (exc.rcvd if exc is not None else None) or self._ws.protocol.close_rcvd
         if close is None:
             return "the connection dropped"
         text = f"server closed the connection ({close.code}"
