@@ -143,7 +143,8 @@ async def measure(base: str, store: Store, pid: int, steps: list[int], window: f
                    "mic_frames_per_s": round(frames / wall), "finished": len(outcomes),
                    "finished_ok": sum(o in ("completed", "completed_degraded") for o in outcomes),
                    "other_outcomes": sorted(set(outcomes) - {"completed", "completed_degraded"}),
-                   "clients_cpu_core_pct": round((cpu_s(me) - mine0) / wall * 100, 1), "window_s": round(wall, 1)}
+                   "clients_cpu_core_pct": round((cpu_s(me) - mine0) / wall * 100, 1), "window_s": round(wall, 1),
+                   "load_1min": round(os.getloadavg()[0], 2)}
             rows.append(row)
             if progress:
                 print(f"  N={n}: {row['running']} running, serve CPU {row['cpu_core_pct']} % of a core, "
@@ -194,14 +195,15 @@ def run(steps: list[int], window: float, progress: bool = True, ramp: float = RA
 
 def table(report: dict[str, Any]) -> str:
     out = ["| N pages | running | serve CPU (% of one core) | CPU ms per session-second | RSS "
-           "| loop lag p50 / p99 / max | mic frames relayed / s | interviews finished (ok) | pages' process CPU |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| loop lag p50 / p99 / max | mic frames relayed / s | interviews finished (ok) | pages' process CPU "
+           "| machine load (1 min) |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         other = f", other: {', '.join(r['other_outcomes'])}" if r["other_outcomes"] else ""
         out.append(f"| {r['n']} | {r['running']} | {r['cpu_core_pct']} % | {r['cpu_ms_per_session_s']} | "
                    f"{r['rss_mb']} MB | {r['lag_p50_ms']} / {r['lag_p99_ms']} / {r['lag_max_ms']} ms | "
                    f"{r['mic_frames_per_s']} | {r['finished']} ({r['finished_ok']}{other}) | "
-                   f"{r['clients_cpu_core_pct']} % |")
+                   f"{r['clients_cpu_core_pct']} % | {r.get('load_1min', '')} |")
     return "\n".join(out)
 
 

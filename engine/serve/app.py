@@ -456,6 +456,7 @@ async def running(config: ServeConfig, host: str = "127.0.0.1", port: int = 0,
         sock = bind(host, port)
     uv = _Uvicorn(uvicorn.Config(SecurityHeaders(server.app), log_level="warning", access_log=False,
                                  ws_max_size=1024 * 1024, ws_ping_interval=10, ws_ping_timeout=10,
+                                 ws_per_message_deflate=False,  # audio does not compress: it would only cost CPU
                                  timeout_graceful_shutdown=5, lifespan="off"))
     serving = asyncio.create_task(uv.serve(sockets=[sock]))
     lag = asyncio.create_task(server.lag.run())

@@ -45,6 +45,7 @@ MIC_RATE = 48_000  # bytes per second of pcm16 24 kHz mono
 MIC_BURST_S = 2.0  # a page may send this much audio ahead of real time (a reconnect flushes a little)
 OUTBOX_MAX = 8 * 1024 * 1024  # bytes waiting for a slow or absent page (~80 s of audio)
 MIC_QUEUE = 500  # microphone frames waiting for the Realtime socket (~20 s)
+MIC_BATCH = 10  # frames at most in one append (~400 ms)
 
 
 class PageLink:
@@ -85,9 +86,18 @@ class PageLink:
         self.send(json.dumps(message, separators=(",", ":")))
 
     async def microphone(self) -> AsyncIterator[bytes]:
-        """The candidate's audio as the page sent it, until the session ends."""
+        """The candidate's audio as the page sent it, until the session ends. Frames that have
+        piled up while the relay was busy go out as one append: fewer, larger messages exactly when
+        the process is loaded, and no added delay when it is not."""
         while (chunk := await self._mic.get()) is not None:
-            yield chunk
+            parts = [chunk]
+            while not self._mic.empty() and len(parts) < MIC_BATCH:
+                more = self._mic.get_nowait()
+                if more is None:
+                    yield b"".join(parts)
+                    return
+                parts.append(more)
+            yield b"".join(parts)
 
     async def finish(self, outcome: str, message: str) -> None:
         """The session is over: tell the page, let it read that, and close."""
@@ -119,9 +129,10 @@ class PageLink:
             self._gone_timer.cancel()
             self._gone_timer = None
         self._ws = ws
-        self.send_json({"type": "welcome", "session": self.session_id, "resume": self.resume_key})
-        # The welcome must go first on this connection: move it to the head of the outbox.
-        self._outbox.rotate(1)
+        # The welcome goes first on this connection, before whatever waited for the page.
+        welcome = json.dumps({"type": "welcome", "session": self.session_id, "resume": self.resume_key})
+        self._outbox.appendleft(welcome)
+        self._outbox_bytes += len(welcome)
         writer = asyncio.create_task(self._writer(ws))
         try:
             await self._reader(ws)
