@@ -214,6 +214,7 @@ def section(report: dict[str, Any]) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     per = report.get("rss_mb_per_session")
+    first = report["rows"][0]
     return "\n".join([
         BEGIN,
         "## engine serve: browser sessions per process",
@@ -240,6 +241,10 @@ def section(report: dict[str, Any]) -> str:
         f"first and last step): {per if per is not None else 'n/a'} MB.",
         f"- Largest N with p99 loop lag under {LAG_TARGET_MS:.0f} ms and every finished interview ok: "
         f"**{report['max_n_under_target']}**.",
+        f"- CPU per session at the smallest step: {first['cpu_ms_per_session_s']} ms per session-second, i.e. one "
+        f"core fully given to the serve process would carry about {1000 / first['cpu_ms_per_session_s']:.0f} "
+        "sessions. Where the serve process's CPU stops growing with N while its lag grows, it is not being given "
+        "more CPU: the machine is full (see the load column; other work may share it).",
         f"- The simulator used {report['simulator_cpu_core_pct']} % of one core on average; the pages' process "
         "the last column. All three share the machine's cores, so the knee here is where the *machine* runs out, "
         "a conservative figure for the serve process alone (on the real service the model runs elsewhere and "

@@ -61,8 +61,9 @@ def speech_wav(path: Path, script: list[tuple[float, str]]) -> Path:
     return path
 
 
-async def take_interview(tmp_path: Path, wav: Path, **serve_options):
-    """Open an invite link in Chromium, press Start, wait for the end. Returns what happened."""
+async def take_interview(tmp_path: Path, wav: Path, drop_once: bool = False, **serve_options):
+    """Open an invite link in Chromium, press Start, wait for the end. Returns what happened.
+    `drop_once`: the server closes the page's WebSocket once, after the first answer."""
     from playwright.async_api import async_playwright
 
     sims: list = []
@@ -84,6 +85,10 @@ async def take_interview(tmp_path: Path, wav: Path, **serve_options):
                 assert await page.inner_text("#state") == "Not started"
                 await page.click("#start")
                 await page.wait_for_selector("#state[data-state='speaking']", timeout=30_000)
+                if drop_once:  # after the first answer, between the barge-in and the end
+                    await page.wait_for_selector("#transcript p.candidate", timeout=60_000)
+                    [link] = server.links.values()
+                    await link._ws.close(1012, "the test drops the connection")  # type: ignore[union-attr]
                 await page.wait_for_selector("#state[data-state='over'], #state[data-state='failed']",
                                              timeout=LIMIT_S * 1000)
                 shot = tmp_path / "interview.png"
@@ -93,6 +98,7 @@ async def take_interview(tmp_path: Path, wav: Path, **serve_options):
             finally:
                 await browser.close()
         [result] = server.results.values()
+        assert server.relayed["reconnects"] == int(drop_once)
         return state, message, lines, result, sims[0].stats, errors, received, shot
 
 
@@ -141,10 +147,11 @@ def check_playback_and_barge_in(result):
 
 def test_a_browser_takes_the_interview_with_a_scripted_candidate(tmp_path):
     """Runs whatever the simulator can do: its scripted candidate answers (and talks over the first
-    question); the browser's microphone is relayed all along."""
+    question); the browser's microphone is relayed all along; its WebSocket drops once and the page
+    reconnects."""
     wav = speech_wav(tmp_path / "mic.wav", [(1.0, "Hello, can you hear me?"), (30.0, "")])
     state, message, lines, result, stats, errors, received, shot = asyncio.run(take_interview(
-        tmp_path, wav, persona=persona(barge_in=(0, 1.5))))
+        tmp_path, wav, drop_once=True, persona=persona(barge_in=(0, 1.5))))
     assert errors == []
     assert state == "Interview over" and "Thank you" in message, (state, message)
     assert result.ok and result.state == "done"
