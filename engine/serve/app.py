@@ -461,11 +461,12 @@ async def running(config: ServeConfig, host: str = "127.0.0.1", port: int = 0,
     serving = asyncio.create_task(uv.serve(sockets=[sock]))
     lag = asyncio.create_task(server.lag.run())
     try:
-        while not uv.started:
-            if serving.done():
-                await serving  # raises why it could not start
-                raise RuntimeError("the web server stopped while starting")
-            await asyncio.sleep(0.01)  # uvicorn has no started event; it starts in a few ms
+        async with asyncio.timeout(30):
+            while not uv.started:  # uvicorn has no started event; it starts in a few ms
+                if serving.done():
+                    await serving  # raises why it could not start
+                    raise RuntimeError("the web server stopped while starting")
+                await asyncio.sleep(0.01)
         name, number = sock.getsockname()[:2]
         yield server, f"http://{name}:{number}"
     finally:
