@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import flow as flowmod
 from .errors import FlowError
+from .source import Unreadable
 
 __all__ = ["main"]
 
@@ -73,8 +74,8 @@ def _check(args: argparse.Namespace) -> int:
     for path in args.flows:
         try:
             problems = flowmod.check(path)
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        except Unreadable as exc:
+            print(exc, file=sys.stderr)
             status = max(status, 2)
             continue
         for problem in problems:
@@ -105,8 +106,8 @@ def load_flow_or_report(path: Path) -> flowmod.Flow | None:
         return flowmod.load(path)
     except FlowError as exc:
         print(exc, file=sys.stderr)
-    except OSError as exc:
-        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+    except Unreadable as exc:
+        print(exc, file=sys.stderr)
     return None
 
 

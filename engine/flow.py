@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import FlowError, Problem
+from .source import Document, Unreadable, inside, parse_yaml, read_text
 from .events import ENGINE_EVENTS, HIGH_RATE, SERVER_EVENTS, normalise_name
 
 __all__ = [
@@ -251,88 +252,6 @@ class Flow(_Model):
 # Loading ------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Source:
-    """The YAML document as plain data plus where each value and key stands in the file."""
-
-    path: str
-    data: Any = None
-    values: dict[tuple, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-
-    def at(self, loc: Iterable[Any], message: str, *, key: bool = False, warning: bool = False) -> None:
-        loc = tuple(loc)
-        table = self.keys if key else self.values
-        while loc and loc not in table:
-            loc = loc[:-1]
-        line, col = table.get(loc, self.values.get((), (1, 1)))
-        self.problems.append(Problem(self.path, line, col, message, warning))
-
-
-_YAML11_BOOLS = {"y", "yes", "n", "no", "on", "off", "true", "false"}
-
-
-def _compose(text: str, src: _Source) -> None:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        src.problems.append(Problem(src.path, line, col, f"YAML: {exc.problem or exc}"))
-        return
-    except yaml.YAMLError as exc:
-        src.problems.append(Problem(src.path, 1, 1, f"YAML: {exc}"))
-        return
-    if node is None:
-        src.problems.append(Problem(src.path, 1, 1, "the file is empty"))
-        return
-    constructor = yaml.SafeLoader("")
-    src.data = _to_data(node, (), src, constructor)
-
-
-def _pos(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
-
-
-def _to_data(node: yaml.Node, loc: tuple, src: _Source, constructor: yaml.SafeLoader) -> Any:
-    src.values[loc] = _pos(node)
-    if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
-        src.problems.append(Problem(src.path, *_pos(node), f"YAML tag '{node.tag}' is not allowed in a flow"))
-        return None
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                src.problems.append(Problem(src.path, *_pos(key_node), "a key must be a plain name"))
-                continue
-            key = key_node.value
-            if key_node.tag == "tag:yaml.org,2002:bool" or (
-                key_node.style is None and key.lower() in _YAML11_BOOLS
-            ):
-                src.problems.append(
-                    Problem(src.path, *_pos(key_node), f"key '{key}' is read by YAML 1.1 as a boolean; "
-                            f"quote it or use another name (transitions use `event:`)")
-                )
-                continue
-            if key in out:
-                src.problems.append(Problem(src.path, *_pos(key_node), f"duplicate key '{key}'"))
-                continue
-            src.keys[loc + (key,)] = _pos(key_node)
-            out[key] = _to_data(value_node, loc + (key,), src, constructor)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_data(child, loc + (i,), src, constructor) for i, child in enumerate(node.value)]
-    try:
-        return constructor.construct_object(node, deep=True)
-    except yaml.constructor.ConstructorError as exc:  # e.g. !!python/name: safe loading refuses it
-        src.problems.append(Problem(src.path, *_pos(node), f"YAML: {exc.problem}"))
-        return None
-
-
 def _suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -382,7 +301,7 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
     return None
 
 
-def _pydantic_problems(exc: ValidationError, src: _Source) -> None:
+def _pydantic_problems(exc: ValidationError, src: Document) -> None:
     for err in exc.errors():
         loc = _data_loc(src.data, err["loc"])
         kind = err["type"]
@@ -405,8 +324,7 @@ def parse(text: str, path: str = "<flow>", *, read: Callable[[str], str] | None 
     `read(name)` returns the text of a file beside the flow (for `instructions_file`); `jobs` are
     the job names this installation can run.
     """
-    src = _Source(path)
-    _compose(text, src)
+    src = parse_yaml(text, path)
     if src.problems or src.data is None:
         return None, sorted(src.problems, key=lambda p: (p.line, p.col))
     if not isinstance(src.data, dict):
@@ -425,10 +343,10 @@ def parse(text: str, path: str = "<flow>", *, read: Callable[[str], str] | None 
 
 
 def load(path: str | Path, *, jobs: Iterable[str] | None = None) -> Flow:
-    """Read and check a flow file. Raises FlowError with every problem; OSError if unreadable."""
+    """Read and check a flow file. Raises FlowError with every problem; Unreadable if unreadable."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    flow, problems = parse(text, str(path), read=lambda name: (path.parent / name).read_text(encoding="utf-8"),
+    text = read_text(path)
+    flow, problems = parse(text, str(path), read=lambda name: read_text(inside(path.parent, name)),
                            jobs=available_jobs() if jobs is None else jobs)
     if flow is None:
         raise FlowError([p for p in problems if not p.warning])
@@ -436,10 +354,10 @@ def load(path: str | Path, *, jobs: Iterable[str] | None = None) -> Flow:
 
 
 def check(path: str | Path) -> list[Problem]:
-    """Every problem of a flow file (errors and warnings). Raises OSError if unreadable."""
+    """Every problem of a flow file (errors and warnings). Raises Unreadable if unreadable."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    _, problems = parse(text, str(path), read=lambda name: (path.parent / name).read_text(encoding="utf-8"),
+    text = read_text(path)
+    _, problems = parse(text, str(path), read=lambda name: read_text(inside(path.parent, name)),
                         jobs=available_jobs())
     return problems
 
@@ -451,7 +369,7 @@ def available_jobs() -> set[str]:
     return {"assessment"} | {ep.name for ep in entry_points(group="engine.jobs")}
 
 
-def _resolve_instructions(flow: Flow, src: _Source, read: Callable[[str], str] | None) -> Flow:
+def _resolve_instructions(flow: Flow, src: Document, read: Callable[[str], str] | None) -> Flow:
     name = flow.session.instructions_file
     if name is None:
         return flow
@@ -460,8 +378,11 @@ def _resolve_instructions(flow: Flow, src: _Source, read: Callable[[str], str] |
         return flow
     try:
         text = read(name) if read else None
-    except OSError as exc:
-        src.at(("session", "instructions_file"), f"cannot read instructions file '{name}': {exc.strerror or exc}")
+    except Unreadable as exc:
+        src.at(("session", "instructions_file"), f"cannot use instructions file '{name}': {exc.message}")
+        return flow
+    except ValueError as exc:  # outside the flow's folder
+        src.at(("session", "instructions_file"), f"instructions file {exc}")
         return flow
     if text is None:
         return flow
@@ -491,7 +412,7 @@ def template_names(text: str) -> list[str]:
 class _Checker:
     """Semantic checks on a structurally valid flow; findings go to `src.problems`."""
 
-    def __init__(self, flow: Flow, src: _Source, jobs: set[str]):
+    def __init__(self, flow: Flow, src: Document, jobs: set[str]):
         self.flow, self.src, self.jobs = flow, src, jobs
 
     def run(self) -> None:

@@ -17,7 +17,7 @@ BROKEN = Path(__file__).parent / "broken_flows"
 EXPECTED = {
     "01_unknown_target": "14:17: unknown target state 'listne' (did you mean 'listen'?)",
     "02_unknown_event": "19:16: unknown event 'input.transcrpt' (did you mean 'input.transcript'?)",
-    "03_yaml11_on_key": "19:9: key 'on' is read by YAML 1.1 as a boolean; quote it or use another name (transitions use `event:`)",
+    "03_yaml11_on_key": "19:9: key 'on' is read by YAML 1.1 as a boolean; quote it or use another name",
     "04_duplicate_key": "21:9: duplicate key 'target'",
     "05_missing_initial": "1:1: missing key 'initial'",
     "06_unknown_initial": "7:10: unknown initial state 'aks' (did you mean 'ask'?)",
@@ -34,14 +34,14 @@ EXPECTED = {
     "17_high_rate_event": "13:30: 'response.output_audio.delta' streams many times a second and cannot drive a transition",
     "18_unknown_tool": "19:16: unknown tool 'finsh' (did you mean 'tool.finish'?); tools are declared under session.tools",
     "19_final_with_transitions": "24:5: final state 'bye' has transitions; a final state ends the session",
-    "20_yaml_syntax": "8:7: YAML: expected ',' or ']', but got ':'",
+    "20_yaml_syntax": "8:7: YAML: did not find expected ',' or ']'",
     "21_two_keys_action": "11:9: an action has exactly one key, got respond, log",
     "22_join_of_one": "13:9: `all:` joins two or more events; use `event:` for one",
     "23_unknown_job_event": "19:16: unknown job event 'job.asessment.done' (jobs: assessment) (did you mean 'job.assessment.done'?)",
     "24_template_not_name": "11:18: template '{1+1}' is not a name (write {assessment.summary})",
-    "25_yaml11_yes_key": "25:5: key 'yes' is read by YAML 1.1 as a boolean; quote it or use another name (transitions use `event:`)",
+    "25_yaml11_yes_key": "25:5: key 'yes' is read by YAML 1.1 as a boolean; quote it or use another name",
     "26_unknown_job_declared": "7:3: unknown job 'transcribe'",
-    "27_missing_instructions_file": "3:22: cannot read instructions file 'nowhere.md': No such file or directory",
+    "27_missing_instructions_file": "3:22: cannot use instructions file 'nowhere.md': no such file or directory",
     "28_missing_target_in_after": "16:9: missing key 'target'",
 }
 
@@ -78,7 +78,7 @@ def test_check_reports_all_errors_at_once(tmp_path):
 
 def test_check_exit_codes(tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing.yaml")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "no such file or directory" in capsys.readouterr().err
 
 
 def test_wait_forever_is_a_warning_not_an_error(tmp_path, capsys):
@@ -106,7 +106,7 @@ def test_no_code_runs_from_yaml(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\ninitial: a\nstates: {}\n")
     problems = flowmod.check(path)
-    assert [p.message for p in problems] == ["YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed in a flow"]
+    assert [p.message for p in problems] == ["YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed here"]
     path.write_text("name: !!python/name:os.system\ninitial: a\nstates: {}\n")
     assert "could not determine a constructor" in flowmod.check(path)[0].message
 
