@@ -7,9 +7,9 @@ import pytest
 from engine.effects import CancelJob, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
 from engine.interview import Interview
 
-from helpers import (answer, audio, audio_done, created, done, error, feed, job_done, job_failed,
-                     load_flow, playback_done, playback_stopped, sends, speech_started, tags, tool_call,
-                     transcript_done)
+from helpers import (answer, audio, audio_done, committed, created, done, error, feed, job_done, job_failed,
+                     load_flow, playback_done, playback_stopped, sends, speech_started, speech_stopped, tags,
+                     tool_call, transcript_done)
 
 SUMMARY = {"summary": "Your English is around B1.", "overall": {"band": "B1"}}
 
@@ -133,8 +133,10 @@ def test_duplicate_response_done_moves_once():
 def test_late_done_of_an_earlier_response_is_recorded_and_ignored():
     iv = Interview(load_flow("seed.yaml"))
     iv.start(0.0)
-    # ack's response never completes in time; the flow has moved on when its done arrives.
-    feed(iv, [(0.1, created("resp_a", "r1")), (0.2, job_done("assessment", SUMMARY)), (8.0, None)])
+    # ack's response never completes in time (it is still streaming: it is alive); the flow has
+    # moved on when its done arrives.
+    feed(iv, [(0.1, created("resp_a", "r1")), (0.2, job_done("assessment", SUMMARY)),
+              (4.0, audio("resp_a", "item_a", 100)), (7.5, audio("resp_a", "item_a", 100)), (8.0, None)])
     assert iv.state == "summary_fallback"
     effects = feed(iv, [(8.5, audio_done("resp_a", "item_a")),
                         (8.6, transcript_done("resp_a", "item_a", "x")), (8.7, done("resp_a", "r1"))])
@@ -190,7 +192,8 @@ def to_ack(iv):
     """Greeting, one answer, then the model calls trigger_assessment. Returns the effects of the call."""
     feed(iv, [])
     question(iv, "r1", "resp_1", 0.5)
-    effects = feed(iv, [(2.6, playback_done("resp_1")), (3.0, speech_started("u1")), (6.0, answer("u1", "I am Ana."))])
+    effects = feed(iv, [(2.6, playback_done("resp_1")), (3.0, speech_started("u1")), (5.0, speech_stopped("u1")),
+                        (5.5, committed("u1")), (6.0, answer("u1", "I am Ana."))])
     assert iv.state == "asking" and tags(effects) == ["r2"]
     return feed(iv, [(6.5, created("resp_2", "r2")), (6.6, tool_call("resp_2", "call_1", "trigger_assessment",
                                                                      '{"reason": "enough"}'))])
@@ -206,7 +209,8 @@ def test_tool_call_acknowledges_and_starts_the_assessment_while_the_gate_holds_t
         "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"status": "assessment started"}'}}]
     assert StartJob("assessment", {"turns": [
         {"role": "interviewer", "text": "Tell me about yourself.", "t": 0.7, "response_id": "resp_1", "item_id": "it_resp_1"},
-        {"role": "candidate", "text": "I am Ana.", "t": 6.0, "item_id": "u1", "start": 3.0, "end": None}],
+        {"role": "candidate", "item_id": "u1", "t": 5.5, "start": 3.0, "end": 5.0, "committed": 5.5,
+         "text": "I am Ana.", "transcribed": True}],
         "options": {}}) in effects
     assert tags(effects) == []  # asking's response (the tool call) is still active: the ack waits
     effects = feed(iv, [(6.8, done("resp_2", "r2"))])
@@ -262,7 +266,7 @@ def test_lost_function_call_event_is_recovered_from_response_done():
     iv = Interview(load_flow("assessment.yaml"))
     iv.start(0.0)
     question(iv, "r1", "resp_1", 0.5)
-    feed(iv, [(2.6, playback_done("resp_1")), (6.0, answer("u1", "I am Ana."))])
+    feed(iv, [(2.6, playback_done("resp_1")), (5.9, committed("u1")), (6.0, answer("u1", "I am Ana."))])
     output = [{"type": "function_call", "id": "fc1", "call_id": "call_9", "name": "trigger_assessment",
                "arguments": "{}"}]
     effects = feed(iv, [(6.5, created("resp_2", "r2")), (6.9, done("resp_2", "r2", output=output))])
@@ -285,9 +289,9 @@ def test_enough_answers_without_a_tool_call_assesses_anyway():
     for n in range(1, 7):
         [tag] = tags(effects)
         question(iv, tag, f"resp_{n}", t + 0.5)
-        effects = feed(iv, [(t + 2.6, playback_done(f"resp_{n}")), (t + 6.0, answer(f"u{n}", f"Answer {n}."))])
+        effects = feed(iv, [(t + 2.6, playback_done(f"resp_{n}")), (t + 6.0, committed(f"u{n}"))])
         t += 10
-    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.transcript")
+    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.committed")
     assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, Send))] == ["StartJob", "Send"]
 
 
@@ -331,7 +335,7 @@ def test_final_state_waits_for_queued_audio_to_be_heard_then_hangs_up():
     assert fired(effects) == [("goodbye", "done", "after.0")] and not iv.done
     assert iv.next_deadline() == 30.0 + 15.0 + 2.0 + 5.0  # the queued audio's length plus a margin
     assert feed(iv, [(30.5, playback_done("resp_b")), (30.6, answer("u9", "ignored now"))]) == []
-    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", "completed")]
+    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", "completed_degraded")]
 
 
 def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes():
@@ -342,7 +346,7 @@ def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes
     assert fired(effects)[-1] == ("goodbye", "done", "after.0") and not iv.done
     assert iv.next_deadline() == pytest.approx(26.0 + 0.8 + 5.0)  # the ack's 800 ms, plus the margin
     assert feed(iv, [(31.8, None)]) == [Log("warning", "hanging up with audio of 1 response(s) not yet heard"),
-                                         End("reached final state 'done'", "completed")]
+                                         End("reached final state 'done'", "completed_degraded")]
 
 
 def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
@@ -357,4 +361,4 @@ def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
     assert effects == [Play("resp_c", "c", ""), EndAudio("resp_c")]
     assert iv.next_deadline() == pytest.approx(26.0 + 5.0 + 4.0)  # extended by the audio that came
     assert feed(iv, [(26.3, playback_done("resp_b")), (30.2, playback_done("resp_c"))])[-1] == End(
-        "reached final state 'done'", "completed")
+        "reached final state 'done'", "completed_degraded")
