@@ -288,7 +288,7 @@ class Gate:
         for tag, asker, body, collisions, rate_limits, not_before, wanted in requests:
             gate._requests[tag] = Request(tag, asker, dict(body), collisions, rate_limits, not_before, wanted)
         gate._queue = list(queue)
-        gate._pending = tuple(pending) if pending is not None else None  # type: ignore[assignment]
+        gate._pending = (pending[0], pending[1], pending[2]) if pending is not None else None
         gate._in_progress = dict(progress)
         gate._unknown_until = unknown
         gate._answers = dict(answers)

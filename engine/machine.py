@@ -16,7 +16,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from transitions import EventData, Machine, Transition
 
@@ -51,28 +51,40 @@ class Runner(Protocol):
     def state_entered(self, state: str) -> None: ...
 
 
+def _runner(ev: EventData) -> Runner:
+    return cast(Runner, cast(tuple[Any, ...], ev.args)[0])
+
+
+def _step(ev: EventData) -> Step:
+    step = cast(_StepTransition, ev.transition).step
+    assert step is not None
+    return step
+
+
 def _holds(ev: EventData) -> bool:
-    return bool(ev.args[0].step_holds(ev.transition.step))
+    return _runner(ev).step_holds(_step(ev))
 
 
 def _fire(ev: EventData) -> None:
-    ev.args[0].step_fires(ev.transition.step, ev.event.name)
+    assert ev.event is not None
+    _runner(ev).step_fires(_step(ev), ev.event.name)
 
 
 def _entered(ev: EventData) -> None:
-    ev.args[0].state_entered(ev.model.state)
+    _runner(ev).state_entered(cast(Any, ev.model).state)
 
 
-class _StepTransition(Transition):  # type: ignore[misc]
+class _StepTransition(Transition):
     """A `transitions` Transition that carries its Step."""
 
     def __init__(self, source: str, dest: str | None, conditions: Any = None, unless: Any = None, before: Any = None,
                  after: Any = None, prepare: Any = None, step: Step | None = None) -> None:
-        super().__init__(source, dest, conditions, unless, before, after, prepare)
+        # dest None is an internal transition (no exit, no enter); the stubs do not say so.
+        super().__init__(source, cast(str, dest), conditions, unless, before, after, prepare)
         self.step = step
 
 
-class _FlowMachine(Machine):  # type: ignore[misc]
+class _FlowMachine(Machine):
     transition_cls = _StepTransition
 
 
@@ -124,8 +136,15 @@ def compiled(flow: Flow) -> CompiledFlow:
     if entry is not None and entry[0]() is flow:
         return entry[1]
     result = CompiledFlow(flow)
-    _CACHE[key] = (weakref.ref(flow, lambda _, key=key, cache=_CACHE: cache.pop(key, None)), result)
+    _CACHE[key] = (weakref.ref(flow, _evict(key)), result)
     return result
+
+
+def _evict(key: int, cache: dict[int, Any] = _CACHE) -> Callable[[weakref.ref[Flow]], None]:
+    # `cache` is bound now: at interpreter exit the module global may already be gone.
+    def evict(_: weakref.ref[Flow]) -> None:
+        cache.pop(key, None)
+    return evict
 
 
 def _session_body(flow: Flow) -> dict[str, Any]:
