@@ -185,11 +185,12 @@ def normalise(raw: Any) -> Event:
     get = raw.get
     if kind == _AUDIO_DELTA:  # dozens a second, and their ids are always at the top level
         rid, item, eid, delta = get("response_id"), get("item_id"), get("event_id"), get("delta")
-        if (type(rid) is not str or len(rid) > MAX_ID or (item is not None and not _is_id(item))
-                or (eid is not None and not _is_id(eid)) or type(delta) is not str):
-            _check_fields(kind, raw)  # says what is wrong
-            raise RemoteProtocolError(f"{kind}: needs response_id and delta as strings")
-        return Event(kind, rid, item, None, eid, raw)
+        if (type(rid) is str and type(delta) is str and len(rid) <= MAX_ID
+                and (item is None or (type(item) is str and len(item) <= MAX_ID))
+                and (eid is None or (type(eid) is str and len(eid) <= MAX_ID))):
+            return Event(kind, rid, item, None, eid, raw)
+        _check_fields(kind, raw)  # says what is wrong
+        raise RemoteProtocolError(f"{kind}: needs response_id and delta as strings")
     _check_fields(kind, raw)
     response_id, item_id, call_id = get("response_id"), get("item_id"), get("call_id")
     response = get("response")
@@ -246,34 +247,47 @@ def _check_item(kind: str, where: str, item: dict[str, Any]) -> None:
 
 def _check_fields(kind: str, raw: dict[str, Any]) -> None:
     """Every part of an event the core reads, checked once (see `normalise`)."""
-    for key in _IDS:
-        _check_id(kind, key, raw.get(key))
+    get = raw.get
+    for key in _IDS:  # inlined: every event passes here
+        value = get(key)
+        if value is not None and (type(value) is not str or len(value) > MAX_ID):
+            raise _bad(kind, key, f"a string of at most {MAX_ID} characters")
     for key in _TEXTS:
-        _check_str(kind, key, raw.get(key))
-    error = _check_object(kind, "error", raw.get("error"))
-    if kind == "error" and error is None:
-        raise _bad(kind, "error", "an object")
-    if error is not None:
+        value = get(key)
+        if value is not None and not isinstance(value, str):
+            raise _bad(kind, key, "a string")
+    error = get("error")
+    if error is not None or kind == "error":
+        if not isinstance(error, dict):
+            raise _bad(kind, "error", "an object")
         _check_id(kind, "error.event_id", error.get("event_id"))
         for key in ("code", "message", "type"):
             _check_str(kind, f"error.{key}", error.get(key))
-    response = _check_object(kind, "response", raw.get("response"))
+    response = get("response")
     if response is not None:
-        _check_id(kind, "response.id", response.get("id"))
-        _check_str(kind, "response.status", response.get("status"))
-        metadata = _check_object(kind, "response.metadata", response.get("metadata"))
-        for key, value in (metadata or {}).items():
-            _check_str(kind, f"response.metadata.{key}", value)
-        details = _check_object(kind, "response.status_details", response.get("status_details"))
-        if details is not None:
-            _check_object(kind, "response.status_details.error", details.get("error"))
-        for i, out in enumerate(_check_list(kind, "response.output", response.get("output"))):
-            if not isinstance(out, dict):
-                raise _bad(kind, f"response.output[{i}]", "an object")
-            _check_item(kind, f"response.output[{i}]", out)
-    item = _check_object(kind, "item", raw.get("item"))
+        _check_response(kind, response)
+    item = get("item")
     if item is not None:
+        if not isinstance(item, dict):
+            raise _bad(kind, "item", "an object")
         _check_item(kind, "item", item)
+
+
+def _check_response(kind: str, response: Any) -> None:
+    if not isinstance(response, dict):
+        raise _bad(kind, "response", "an object")
+    _check_id(kind, "response.id", response.get("id"))
+    _check_str(kind, "response.status", response.get("status"))
+    metadata = _check_object(kind, "response.metadata", response.get("metadata"))
+    for key, value in (metadata or {}).items():
+        _check_str(kind, f"response.metadata.{key}", value)
+    details = _check_object(kind, "response.status_details", response.get("status_details"))
+    if details is not None:
+        _check_object(kind, "response.status_details.error", details.get("error"))
+    for i, out in enumerate(_check_list(kind, "response.output", response.get("output"))):
+        if not isinstance(out, dict):
+            raise _bad(kind, f"response.output[{i}]", "an object")
+        _check_item(kind, f"response.output[{i}]", out)
 
 
 class RecentIds:

@@ -46,6 +46,7 @@ class Interview(Conversation):
         super().__init__(compiled(flow), Model(flow.initial, flow.initial))
         self.flow = flow
         self._due = _NEVER  # next_deadline(), recomputed after every step
+        self._hot_until = -_NEVER  # deltas before this take the hot path (-inf: none may)
 
     # Public API.
 
@@ -71,7 +72,7 @@ class Interview(Conversation):
 
         After calling this you must carry out the effects in order."""
         m = self._m
-        if event.type in HIGH_RATE and now < self._due and self._playback.hangup is None and not m.done:
+        if now < self._hot_until and event.type in HIGH_RATE:
             # The hot path (dozens a second): nothing is due, and streamed deltas drive no
             # transition; only the gate (the response lives) and the audio have something to do.
             if now > m.now:
@@ -167,7 +168,7 @@ class Interview(Conversation):
     def _fail(self, exc: Exception) -> list[Effect]:
         self._m.broken = f"{type(exc).__name__}: {exc}"
         self._m.done = True
-        self._effects, self._event, self._due = [], None, _NEVER
+        self._effects, self._event, self._due, self._hot_until = [], None, _NEVER, -_NEVER
         return [Save("internal error"), End(f"internal error: {self._m.broken}", "error")]
 
     def _start(self, now: float) -> None:
@@ -210,15 +211,15 @@ class Interview(Conversation):
         """Recompute next_deadline() (once per input)."""
         m = self._m
         if m.done or m.started is None:
-            self._due = _NEVER
+            self._due, self._hot_until = _NEVER, -_NEVER
             return
         due = m.started + self._flow.max_duration
-        if self._playback.hangup is not None:
-            self._due = min(due, self._playback.hangup_at)
+        if self._playback.hangup is not None:  # in a final state every event takes the long path
+            self._due, self._hot_until = min(due, self._playback.hangup_at), -_NEVER
             return
         gate = self._gate.next_deadline()
-        self._due = min(due, min(m.deadlines, default=(_NEVER, ""))[0], min(m.jobs.values(), default=_NEVER),
-                        _NEVER if gate is None else gate)
+        self._due = self._hot_until = min(due, min(m.deadlines, default=(_NEVER, ""))[0],
+                                          min(m.jobs.values(), default=_NEVER), _NEVER if gate is None else gate)
 
     def _fire_due(self, now: float) -> None:
         m = self._m

@@ -23,11 +23,6 @@ BYTES_PER_MS = 48
 HANGUP_MARGIN = 5.0  # in a final state, wait for queued audio at most its length plus this
 
 
-def _decoded_size(audio: str) -> int:
-    # Base64 is 4 characters per 3 bytes, less the padding: the length without decoding.
-    return len(audio) * 3 // 4 - audio[-2:].count("=") if audio else 0
-
-
 class Playback:
     """The audio of one session, by response and by conversation item."""
 
@@ -66,7 +61,8 @@ class Playback:
         if response_id in self._silenced or response_id in self._ended:
             return None
         self._playing.add(response_id)
-        size = _decoded_size(audio)
+        # Base64 is 4 characters per 3 bytes, less the padding: the length without decoding.
+        size = len(audio) * 3 // 4 - audio[-2:].count("=") if audio else 0
         self._response_bytes[response_id] = self._response_bytes.get(response_id, 0) + size
         if item:
             self._item_bytes[item] = self._item_bytes.get(item, 0) + size

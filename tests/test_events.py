@@ -2,12 +2,11 @@
 malformed event is a RemoteProtocolError the driver skips, and never reaches (or half-changes) the core."""
 
 import pytest
+from helpers import created, feed, load_flow
 
 from engine.errors import RemoteProtocolError
 from engine.events import MAX_ID, RecentIds, normalise
 from engine.interview import Interview
-
-from helpers import created, feed, load_flow
 
 LONG = "x" * 10_000
 RESPONSE = {"id": "resp_1", "status": "completed", "output": [], "metadata": {"engine_request": "r1"}}
@@ -31,7 +30,8 @@ MALFORMED = {
     "function call arguments a dict": {"type": "response.done", "response": {
         **RESPONSE, "output": [{"type": "function_call", "call_id": "c", "name": "t", "arguments": {"a": 1}}]}},
     "metadata a list": {"type": "response.created", "response": {"id": "resp_1", "metadata": ["r1"]}},
-    "metadata tag a number": {"type": "response.created", "response": {"id": "resp_1", "metadata": {"engine_request": 1}}},
+    "metadata tag a number": {"type": "response.created",
+                              "response": {"id": "resp_1", "metadata": {"engine_request": 1}}},
     "status_details a string": {"type": "response.done", "response": {**RESPONSE, "status_details": "failed"}},
     "item not an object": {"type": "response.output_item.added", "response_id": "resp_1", "item": "fc"},
     "item.call_id a number": {"type": "response.output_item.added", "response_id": "resp_1", "item": {"call_id": 1}},

@@ -3,8 +3,19 @@
 import pytest
 
 from engine.errors import LocalProtocolError
-from engine.gate import (ACTIVE, IDLE, INPUTS, REQUESTED, REQUESTED_ACTIVE, SILENCE_RELEASE, TABLE,
-                         UNKNOWN_ACTIVE_WAIT, Gate, GateState, Request)
+from engine.gate import (
+    ACTIVE,
+    IDLE,
+    INPUTS,
+    REQUESTED,
+    REQUESTED_ACTIVE,
+    SILENCE_RELEASE,
+    TABLE,
+    UNKNOWN_ACTIVE_WAIT,
+    Gate,
+    GateState,
+    Request,
+)
 
 COLLISION = "conversation_already_has_active_response"
 RATE_LIMITED = {"status": "failed", "status_details": {"type": "failed", "error": {"code": "rate_limit_exceeded"}}}

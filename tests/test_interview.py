@@ -5,16 +5,35 @@ import itertools
 import pickle
 
 import pytest
+from helpers import (
+    answer,
+    audio,
+    audio_done,
+    committed,
+    created,
+    done,
+    error,
+    feed,
+    flow_from,
+    job_done,
+    job_failed,
+    load_flow,
+    playback_done,
+    playback_stopped,
+    sends,
+    server,
+    speech_started,
+    speech_stopped,
+    tags,
+    tool_call,
+    transcript_done,
+)
 
 from engine.effects import CancelJob, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
 from engine.errors import LocalProtocolError
 from engine.events import Event
 from engine.gate import SILENCE_RELEASE
 from engine.interview import Interview
-
-from helpers import (answer, audio, audio_done, committed, created, done, error, feed, flow_from, job_done,
-                     job_failed, load_flow, playback_done, playback_stopped, sends, server, speech_started,
-                     speech_stopped, tags, tool_call, transcript_done)
 
 SUMMARY = {"summary": "Your English is around B1.", "overall": {"band": "B1"}}
 

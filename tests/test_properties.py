@@ -21,6 +21,23 @@ import pickle
 import random
 from collections import Counter
 
+from helpers import (
+    answer,
+    audio,
+    audio_done,
+    committed,
+    created,
+    done,
+    error,
+    load_flow,
+    playback_done,
+    playback_stopped,
+    server,
+    speech_started,
+    speech_stopped,
+    tool_call,
+    transcript_done,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,9 +45,6 @@ from engine.effects import End, EndAudio, Fired, Send, StartJob, StopPlayback
 from engine.events import Event
 from engine.gate import SILENCE_RELEASE
 from engine.interview import Interview
-
-from helpers import (answer, audio, audio_done, committed, created, done, error, load_flow, playback_done,
-                     playback_stopped, server, speech_started, speech_stopped, tool_call, transcript_done)
 
 FLOW = load_flow("assessment.yaml")
 RATE_LIMITED = {"type": "invalid_request_error", "code": "rate_limit_exceeded", "message": "slow down"}
@@ -174,9 +188,9 @@ def run(seed: int, drop: float, dup: float, jitter: float, lost_created: float =
     return iv, world, ends, tail
 
 
-WORLDS = dict(seed=st.integers(0, 2**32), drop=st.sampled_from([0.0, 0.05, 0.2]),
-              dup=st.sampled_from([0.0, 0.1, 0.3]), jitter=st.sampled_from([0.0, 0.1, 1.0]),
-              lost_created=st.sampled_from([0.0, 0.3]), strays=st.sampled_from([0.0, 0.3]))
+WORLDS = {"seed": st.integers(0, 2**32), "drop": st.sampled_from([0.0, 0.05, 0.2]),
+          "dup": st.sampled_from([0.0, 0.1, 0.3]), "jitter": st.sampled_from([0.0, 0.1, 1.0]),
+          "lost_created": st.sampled_from([0.0, 0.3]), "strays": st.sampled_from([0.0, 0.3])}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

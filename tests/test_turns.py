@@ -4,11 +4,24 @@ committed turns, and each transcript joins its own turn whenever it arrives, or 
 import itertools
 
 import pytest
+from helpers import (
+    answer,
+    audio,
+    audio_done,
+    committed,
+    created,
+    done,
+    feed,
+    flow_from,
+    load_flow,
+    playback_done,
+    speech_started,
+    speech_stopped,
+    tags,
+    transcript_done,
+)
 
 from engine.interview import Interview
-
-from helpers import (answer, audio, audio_done, committed, created, done, feed, flow_from, load_flow,
-                     playback_done, speech_started, speech_stopped, tags, transcript_done)
 
 
 def listening(flow_name="assessment.yaml"):
@@ -50,8 +63,8 @@ def test_enough_answers_counts_committed_turns_not_transcripts():
     for n in range(1, 7):
         [tag] = tags(effects)
         rid, t = f"resp_{n}", 10.0 * n
-        feed(iv, [(t + 0.5, created(rid, tag)), (t + 0.6, audio(rid, f"i{n}", 500)), (t + 0.7, audio_done(rid, f"i{n}")),
-                  (t + 0.8, done(rid, tag)), (t + 1.5, playback_done(rid))])
+        feed(iv, [(t + 0.5, created(rid, tag)), (t + 0.6, audio(rid, f"i{n}", 500)),
+                  (t + 0.7, audio_done(rid, f"i{n}")), (t + 0.8, done(rid, tag)), (t + 1.5, playback_done(rid))])
         assert iv.state == "listening"
         effects = feed(iv, [(t + 10.0, committed(f"u{n}"))])  # no transcript ever arrives
     assert iv.state == "ack_without_tool" and iv.counts["answers"] == 6
