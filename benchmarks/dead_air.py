@@ -308,10 +308,14 @@ class World:
                                                    "item_id": "item_user", "audio_end_ms": 0}, "vad")
             self.timeline.at(stopped, self._emit, {"type": "input_audio_buffer.committed", "item_id": "item_user",
                                                    "previous_item_id": None}, "vad")
+            self.timeline.at(stopped, self._committed)
             self.timeline.at(stopped + self.sc.transcription_s, self._transcribed)
 
-    def _transcribed(self) -> None:
+    def _committed(self) -> None:
+        # The model hears the committed audio: it can answer it before any transcript exists.
         self._answered = True
+
+    def _transcribed(self) -> None:
         self._emit({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_user",
                     "content_index": 0, "transcript": "I hope to get a better position in my company."}, "vad")
 
