@@ -46,6 +46,7 @@ class Model:
     held: dict[str, list[str]] = field(default_factory=dict)  # response -> its events, until we know whose
     deadlines: list[tuple[float, str]] = field(default_factory=list)  # the state's timeouts
     jobs: dict[str, float] = field(default_factory=dict)  # running job -> deadline
+    holds: dict[str, float] = field(default_factory=dict)  # job -> until when its start waits for transcripts
     session_update: str | None = None  # event_id of our session.update
     responses: int = 0  # response.create sent
     timeouts: int = 0  # `after:` timeouts fired
@@ -283,7 +284,13 @@ class Conversation:
     def _on_transcript(self, event: Event) -> None:
         item = event.item_id or ""
         if self._facts.transcript(item, event.data.get("transcript") or "", self._m.now):
+            self._start_held_jobs()
             self._deliver("input.transcript")
+
+    def _on_transcription_failed(self, event: Event) -> None:
+        self._facts.transcript_failed(event.item_id or "", self._m.now)
+        self._start_held_jobs()
+        self._deliver(event.type)
 
     def _on_playback_done(self, event: Event) -> None:
         self._playback.played(event.response_id)
@@ -376,6 +383,10 @@ class Conversation:
         """Recompute the next deadline (a response came into progress)."""
         raise NotImplementedError
 
+    def _start_held_jobs(self) -> None:
+        """Start the jobs that were waiting for transcripts, if none is awaited any more."""
+        raise NotImplementedError
+
 
 _HANDLERS: dict[str, Any] = {
     "error": Conversation._on_error,
@@ -388,6 +399,7 @@ _HANDLERS: dict[str, Any] = {
     "response.done": Conversation._on_response_done,
     "input.committed": Conversation._on_committed,
     "input.transcript": Conversation._on_transcript,
+    "conversation.item.input_audio_transcription.failed": Conversation._on_transcription_failed,
     "speech.started": Conversation._on_speech_started,
     "speech.stopped": Conversation._on_speech_stopped,
     "playback.done": Conversation._on_playback_done,

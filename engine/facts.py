@@ -119,6 +119,17 @@ class Facts:
         turn["text"], turn["transcribed"] = text, True
         return True
 
+    def transcript_failed(self, item: str, t: float) -> None:
+        """The server gave up transcribing the item: its turn stays, untranscribed, and is no
+        longer waited for."""
+        self._record(item, t)["transcript_failed"] = True
+
+    @property
+    def awaiting_transcripts(self) -> bool:
+        """Some ended turn has neither its transcript nor a transcription failure yet."""
+        return any(not (t["transcribed"] or t.get("transcript_failed")) for t in self.turns
+                   if t["role"] == "candidate" and t["item_id"] in self._ended)
+
     # Interviewer turns and tool calls.
 
     def first(self, kind: str, key: str | None) -> bool:

@@ -32,6 +32,9 @@ __all__ = ["Interview"]
 
 _NEVER = float("inf")
 _SNAPSHOT = "interview/1"
+# A job hears the candidate's words: started while a finished turn is still being transcribed (the
+# flow replies on the commit, the transcript comes 0.3-1.5 s later), it waits this long for them.
+TRANSCRIPT_WAIT = 5.0
 
 
 class Interview(Conversation):
@@ -219,7 +222,8 @@ class Interview(Conversation):
             return
         gate = self._gate.next_deadline()
         self._due = self._hot_until = min(due, min(m.deadlines, default=(_NEVER, ""))[0],
-                                          min(m.jobs.values(), default=_NEVER), _NEVER if gate is None else gate)
+                                          min(m.jobs.values(), default=_NEVER), min(m.holds.values(), default=_NEVER),
+                                          _NEVER if gate is None else gate)
 
     def _fire_due(self, now: float) -> None:
         m = self._m
@@ -237,9 +241,11 @@ class Interview(Conversation):
         for req in given_up:
             self._log("warning", f"no answer to the response asked for by '{req.state}' ({req.tag}): given up")
         self._send_all(sends)
+        self._start_held_jobs()
         for name, deadline in list(m.jobs.items()):
             if deadline <= m.now and name in m.jobs:
                 del m.jobs[name]
+                m.holds.pop(name, None)
                 self._effects.append(CancelJob(name))
                 self._log("warning", f"job '{name}' timed out")
                 self._deliver(f"job.{name}.failed")
@@ -332,12 +338,23 @@ class Interview(Conversation):
             "type": "function_call_output", "call_id": call_id, "output": output}})
 
     def _start_job(self, name: str) -> None:
-        self._m.jobs[name] = self._m.now + self.flow.jobs[name].timeout
-        # The job hears what was said: interviewer turns and the candidate turns transcribed so far.
-        turns = [t for t in self.turns if t["role"] == "interviewer" or t.get("transcribed")]
-        self._effects.append(StartJob(name, {"turns": turns, "options": dict(self.flow.jobs[name].options)}))
+        m = self._m
+        m.jobs[name] = m.now + self.flow.jobs[name].timeout  # the flow's timeout counts from the action
+        m.holds[name] = m.now + TRANSCRIPT_WAIT
+        self._start_held_jobs()
+
+    def _start_held_jobs(self) -> None:
+        m = self._m
+        for name, until in list(m.holds.items()):
+            if self._facts.awaiting_transcripts and m.now < until:
+                continue
+            del m.holds[name]
+            # The job hears what was said: interviewer turns and the candidate's transcribed turns.
+            turns = [t for t in self.turns if t["role"] == "interviewer" or t.get("transcribed")]
+            self._effects.append(StartJob(name, {"turns": turns, "options": dict(self.flow.jobs[name].options)}))
 
     def _cancel_job(self, name: str) -> None:
+        self._m.holds.pop(name, None)
         if self._m.jobs.pop(name, None) is not None:
             self._effects.append(CancelJob(name))
 

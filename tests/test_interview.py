@@ -33,7 +33,7 @@ from engine.effects import CancelJob, End, EndAudio, Fired, Log, Play, Save, Sen
 from engine.errors import LocalProtocolError
 from engine.events import Event
 from engine.gate import SILENCE_RELEASE
-from engine.interview import Interview
+from engine.interview import TRANSCRIPT_WAIT, Interview
 
 SUMMARY = {"summary": "Your English is around B1.", "overall": {"band": "B1"}}
 
@@ -306,17 +306,67 @@ def test_connection_closed_ends_the_session_unless_the_flow_handles_it():
     assert effects == [End("connection closed in state 'greeting': server closed the connection (1001)", "not_completed")]
 
 
-def test_enough_answers_without_a_tool_call_assesses_anyway():
-    iv = Interview(load_flow("assessment.yaml"))
+def six_committed_answers(iv, last_transcript):
+    """Six committed answers, each transcribed after its commit; the sixth's transcript comes
+    "before" its commit, "after" it, or never (None). Returns the effects of the sixth commit."""
     effects = iv.start(0.0)
     t = 0.0
     for n in range(1, 7):
         [tag] = tags(effects)
         question(iv, tag, f"resp_{n}", t + 0.5)
-        effects = feed(iv, [(t + 2.6, playback_done(f"resp_{n}")), (t + 6.0, committed(f"u{n}"))])
+        feed(iv, [(t + 2.6, playback_done(f"resp_{n}"))])
+        if n == 6 and last_transcript == "before":
+            feed(iv, [(t + 5.9, answer(f"u{n}", f"answer {n}"))])
+        effects = feed(iv, [(t + 6.0, committed(f"u{n}"))])
+        if n < 6:
+            feed(iv, [(t + 6.5, answer(f"u{n}", f"answer {n}"))])
         t += 10
+    if last_transcript == "after":
+        effects = feed(iv, [(57.2, answer("u6", "answer 6"))])
+    return effects
+
+
+def job_inputs(effects):
+    [start] = [e for e in effects if isinstance(e, StartJob)]
+    return [turn["text"] for turn in start.inputs["turns"] if turn["role"] == "candidate"]
+
+
+def test_enough_answers_without_a_tool_call_assesses_anyway():
+    iv = Interview(load_flow("assessment.yaml"))
+    effects = six_committed_answers(iv, last_transcript=None)
     assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.committed")
-    assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, Send))] == ["StartJob", "Send"]
+    # The reply goes out on the commit; the assessment waits for the sixth answer's words.
+    assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, Send))] == ["Send"]
+
+
+def test_a_job_started_before_the_last_transcript_waits_for_it():
+    effects = six_committed_answers(Interview(load_flow("assessment.yaml")), last_transcript="after")
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 7)]
+
+
+def test_a_job_with_every_answer_transcribed_starts_at_once():
+    effects = six_committed_answers(Interview(load_flow("assessment.yaml")), last_transcript="before")
+    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.committed")
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 7)]
+
+
+def test_a_job_waits_for_a_transcript_at_most_transcript_wait():
+    iv = Interview(load_flow("assessment.yaml"))
+    six_committed_answers(iv, last_transcript=None)
+    assert feed(iv, [(56.0 + TRANSCRIPT_WAIT - 0.01, None)]) == []
+    effects = feed(iv, [(56.0 + TRANSCRIPT_WAIT, None)])
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 6)]  # the sixth never came
+    assert iv.turns[-1]["role"] == "candidate" and iv.turns[-1]["transcribed"] is False
+
+
+def test_a_failed_transcription_is_not_waited_for():
+    iv = Interview(load_flow("assessment.yaml"))
+    six_committed_answers(iv, last_transcript=None)
+    failed = server({"type": "conversation.item.input_audio_transcription.failed", "item_id": "u6",
+                     "content_index": 0, "error": {"type": "transcription_error", "message": "no"}})
+    effects = feed(iv, [(56.5, failed)])
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 6)]
+    assert iv.turns[-1]["transcript_failed"] is True
 
 
 def test_job_timeout_cancels_it_and_the_flow_falls_back():
