@@ -20,7 +20,7 @@ from typing import Annotated, Any, AsyncIterator, Callable
 import pytest
 from pydantic import Field, TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from engine import tts
 from engine.sim import server as servermod
@@ -142,7 +142,7 @@ async def session(
 ) -> AsyncIterator[tuple[Simulator, Client]]:
     """A started simulator and one connected client; the session is updated like the engine does."""
     options.setdefault("speed", FAST)
-    async with simulator(**options) as sim, connect(sim.url + "?model=gpt-realtime") as ws:
+    async with simulator(**options) as sim, connect(sim.url + "?model=gpt-realtime", max_queue=None) as ws:  # never stops reading: a close is never stuck behind unread frames
         client = Client(ws)
         assert (await client.recv())["type"] == "session.created"
         if update is not None:
@@ -629,6 +629,92 @@ async def test_fault_disconnect_after() -> None:
     assert len(client.frames) == 12 and sim.stats.events_sent == 12
     for event in client.events:
         ServerEvent.validate_python(event)
+
+
+async def frames_until_closed(client: Client) -> ConnectionClosed:
+    """Read until the connection ends; the exception that ended it."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await client.recv()
+    return info.value
+
+
+@aio
+async def test_fault_close_after_is_a_normal_close() -> None:
+    async with session(update=None, faults="close_after=12") as (sim, client):
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedOK)
+    assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1000, "simulated normal close")
+    assert len(client.frames) == 12 and sim.stats.endings == ["close_after"]
+
+
+@aio
+async def test_fault_abort_after_drops_the_connection_without_a_close_frame() -> None:
+    async with session(update=None, faults="abort_after=12") as (sim, client):
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedError) and closed.rcvd is None and closed.sent is None
+    assert client.ws.close_code == 1006  # abnormal closure: no close frame either way
+    assert len(client.frames) == 12 and sim.stats.endings == ["abort_after"]
+
+
+@aio
+async def test_fault_freeze_after_answers_nothing_so_keepalive_ends_it() -> None:
+    async with simulator(speed=FAST, faults="freeze_after=2") as sim:
+        # The client's own keepalive is what must end a frozen server: 0.2 s ping, 0.2 s to answer.
+        async with connect(sim.url, ping_interval=None, close_timeout=0.2) as ws:
+            client = Client(ws)
+            await client.recv()  # session.created
+            await client.send("session.update", session=ENGINE_SESSION)
+            assert (await client.recv())["type"] == "session.updated"  # frame 2: then the freeze
+            await client.send("response.create")
+            pong = await ws.ping()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(pong, 0.5)  # nothing reads the ping any more
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)  # and nothing is sent: the response never starts
+        assert ws.close_code == 1006  # our close frame was never answered: the client gave up
+    assert len(client.frames) == 2 and sim.stats.events_sent == 2 and sim.stats.endings == ["freeze_after"]
+
+
+@aio
+async def test_fault_freeze_after_trips_the_clients_keepalive() -> None:
+    async with simulator(speed=FAST, faults="freeze_after=1") as sim:
+        async with connect(sim.url, ping_interval=0.1, ping_timeout=0.2, close_timeout=0.2) as ws:
+            client = Client(ws)
+            await client.recv()
+            closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedError) and closed.rcvd is None
+    assert closed.sent is not None and closed.sent.code == 1011  # websockets: "keepalive ping timeout"
+
+
+@aio
+async def test_fault_bad_utf8_after_makes_the_client_close_with_1007() -> None:
+    async with session(update=None, faults="bad_utf8_after=3") as (sim, client):
+        await client.send("session.update", session=ENGINE_SESSION)
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedError)
+    assert closed.sent is not None and closed.sent.code == 1007  # invalid frame payload data
+    assert len(client.frames) == 3  # the bad frame itself is never delivered
+    assert sim.stats.endings == ["closed by the client (1007)"]
+
+
+@aio
+async def test_fault_expire_after_sends_session_expired_then_closes() -> None:
+    async with session(update=None, faults="expire_after=5") as (sim, client):
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    error = client.events[-1]
+    assert len(client.frames) == 6 and error["type"] == "error"
+    assert error["error"] == {"type": "invalid_request_error", "code": "session_expired",
+                              "message": "Your session hit the maximum duration of 60 minutes.",
+                              "param": None, "event_id": None}  # fmt: skip
+    ServerEvent.validate_python(error)
+    assert isinstance(closed, ConnectionClosedOK) and closed.rcvd is not None
+    assert (closed.rcvd.code, closed.rcvd.reason) == (1001, "Your session hit the maximum duration of 60 minutes.")
+    assert sim.stats.endings == ["expire_after"]
 
 
 @aio

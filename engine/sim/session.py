@@ -736,8 +736,8 @@ class Session:
 
     def _real_transcript(self, speech_ms: int) -> str:
         """What the transcription of real speech says: the scenario's next answer when no scripted
-        candidate plays it, else a placeholder with its length."""
-        if not self.sim.scripted_candidate:
+        candidate plays it (and answers are left), else a placeholder with its length."""
+        if not self.sim.scripted_candidate and self._next_answer < len(self.persona.candidate.answers):
             answer = self._take_answer()
             if answer is not None and answer.text is not None:
                 return answer.text
