@@ -250,7 +250,7 @@ _ACTS: list[tuple[str, re.Pattern[str]]] = [
     ("greet", re.compile(r"\b(?:greet|welcome)\b", re.IGNORECASE)),
     ("repeat", re.compile(r"\b(?:repeat|rephrase)\b|\bask\b.*\bagain\b", re.IGNORECASE)),
     ("check", re.compile(r"\bask (?:them |the candidate )?(?:whether|if)\b", re.IGNORECASE)),
-    ("ask", re.compile(r"\bask\b|\bquestions?\b", re.IGNORECASE)),
+    ("ask", re.compile(r"\bask\b(?!(?:\s+\w+){0,2}\s+to\b)|\bquestions?\b", re.IGNORECASE)),  # not "ask them to"
     ("thank", re.compile(r"\bthank", re.IGNORECASE)),
     ("apologise", re.compile(r"\bapologi[sz]e|\bsorry\b", re.IGNORECASE)),
     ("wait", re.compile(r"\b(?:wait|moment|hold on|bear with)\b", re.IGNORECASE)),

@@ -459,7 +459,7 @@ def _validate(data: Any, src: Document, loc: tuple[Any, ...], folder: Path, chai
         src.at(loc, "a persona is a mapping (name, candidate, interviewer, ...)")
         return None
     merged = data
-    if "extends" in data:
+    if data.get("extends") is not None:
         base = _base_data(data["extends"], src, loc, folder, chain)
         if base is None:
             return None
