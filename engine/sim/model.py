@@ -18,8 +18,8 @@ In short:
 4. Tool calls: never with tool_choice `none`; the named tool when tool_choice names one; with
    `required`, the first due scenario call or the first declared tool; with `auto`, the first
    scenario call (`interviewer.tool_calls`) that is due.
-5. The candidate answers a response that asked one of the scenario's questions or whose text
-   holds a question mark.
+5. The candidate answers a response that asked one of the scenario's questions, or whose text holds
+   a question mark or ends with a request (`Tell me...`, `Describe...`: `invites_answer`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from .arguments import generate_arguments
 from .scenario import Interviewer, ScriptedResponse, ToolCall
 
-__all__ = ["Model", "Turn", "Decision", "Call", "speech_for", "EXTRA_QUESTION", "CHECK_IN"]
+__all__ = ["Model", "Turn", "Decision", "Call", "speech_for", "invites_answer", "EXTRA_QUESTION", "CHECK_IN"]
 
 EXTRA_QUESTION = "Is there anything else you would like to tell me?"  # asked when the questions have run out
 CHECK_IN = "Are you still with me?"
@@ -108,7 +108,7 @@ class Model:
         if not text and call is None:
             text = FALLBACK
         self.spoken = self.spoken or bool(text)
-        return Decision(text, call[1] if call else None, asks or "?" in text)
+        return Decision(text, call[1] if call else None, asks or invites_answer(text))
 
     # Private: speech.
 
@@ -327,6 +327,22 @@ def _fallback(clause: str) -> str:
     elif len(words) > 1 and words[1].lower() in _PARTICLES:
         rest = " " + words[1].lower()
     return f"Let me {verb}{rest}."
+
+
+def invites_answer(text: str) -> bool:
+    """A line the candidate answers: it holds a question mark, or its last sentence asks for
+    something (`Tell me...`, `Describe...`, after a `Now`, `So`, `Please`...)."""
+    if "?" in text:
+        return True
+    sentences = [s for s in re.split(r"(?<=[.!])\s+", text.strip()) if s]
+    words = re.findall(r"[A-Za-z']+", sentences[-1].lower()) if sentences else []
+    while words and words[0] in _LEAD_INS:
+        words.pop(0)
+    return bool(words) and words[0] in _REQUESTS
+
+
+_LEAD_INS = {"now", "so", "please", "and", "next", "then", "finally", "ok", "okay", "right", "well", "good", "great"}
+_REQUESTS = {"tell", "describe", "explain", "talk", "give", "share", "name", "list", "walk", "imagine", "compare"}
 
 
 def _named_choice(choice: Any) -> str | None:
