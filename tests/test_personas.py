@@ -232,3 +232,15 @@ def test_persona_data_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "dump.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_persona(path) == load_persona("c1_fluent")
+
+
+def test_the_documented_example_is_a_valid_scenario(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "personas.md").read_text()
+    example = doc.split("## The file format", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = ROOT / "docs" / "example.persona.yaml"  # where its $schema and extends resolve
+    src = parse_yaml(example, str(path))
+    persona = persona_from_data(src.data, src)
+    assert src.problems == [] and persona is not None, src.problems
+    assert persona.extends == "a2_hesitant" and persona.candidate.words_per_minute == 90
+    assert len(persona.candidate.answers) == 5 and persona.interviewer.tool_calls == []
+    assert not list(validator().iter_errors(src.data))
