@@ -116,6 +116,8 @@ def test_a_question_mark_makes_the_candidate_answer() -> None:
     assert not say(m, 'Say "Goodbye."').asks
     assert say(m, "Ask the next question.").asks  # the scenario's question, even without a '?'
     assert say(m, "Ask question 3.").asks and m.asked == 3
+    assert say(m, 'Say "Good. Now tell me about your favourite meal."').asks  # a request
+    assert not say(m, 'Say "Thank you. Give me a moment while I prepare your feedback."').asks
 
 
 def test_questions_run_out() -> None:

@@ -243,8 +243,8 @@ _NAME = re.compile(
     r"\b(?i:you are|you're|your name is)\s+([A-Z][\w'-]*(?:\s+(?:from|at|of)\s+[A-Z][\w&'-]*(?:\s+[A-Z][\w&'-]*)*)?)"
 )
 _WHO_END = re.compile(r"\s+(?:in|to|and|then|with|for|who)\b.*$|\s+\w+ly\b.*$|,.*$")
-_ORDINALS = {w: i for i, w in enumerate(
-    ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"], start=1)}  # fmt: skip
+_ORDINAL_WORDS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
+_ORDINALS = {w: i for i, w in enumerate(_ORDINAL_WORDS, start=1)}
 _ACTS: list[tuple[str, re.Pattern[str]]] = [
     ("introduce", re.compile(r"\bintroduce yourself\b(?:\s+as\s+(?P<who>.+))?", re.IGNORECASE)),
     ("greet", re.compile(r"\b(?:greet|welcome)\b", re.IGNORECASE)),
@@ -254,8 +254,14 @@ _ACTS: list[tuple[str, re.Pattern[str]]] = [
     ("thank", re.compile(r"\bthank", re.IGNORECASE)),
     ("apologise", re.compile(r"\bapologi[sz]e|\bsorry\b", re.IGNORECASE)),
     ("wait", re.compile(r"\b(?:wait|moment|hold on|bear with)\b", re.IGNORECASE)),
-    ("goodbye", re.compile(r"\b(?:goodbye|bye|farewell)\b|\b(?:end|close|finish|wrap up)\b.*\b(?:interview|call|"
-                           r"conversation|session)\b", re.IGNORECASE)),
+    (
+        "goodbye",
+        re.compile(
+            r"\b(?:goodbye|bye|farewell)\b|\b(?:end|close|finish|wrap up)\b.*\b(?:interview|call|"
+            r"conversation|session)\b",
+            re.IGNORECASE,
+        ),
+    ),
     ("acknowledge", re.compile(r"\b(?:acknowledge|confirm)\b", re.IGNORECASE)),
 ]
 _ACT_LINES = {
@@ -315,7 +321,7 @@ def _argument(act: str, match: re.Match[str], clause: str, name: str | None) -> 
 
 
 def _fallback(clause: str) -> str:
-    words = [w for w in re.findall(r"[A-Za-z']+", clause)]
+    words = re.findall(r"[A-Za-z']+", clause)
     while words and (words[0].lower() == "please" or words[0].lower().endswith("ly")):
         words.pop(0)
     if not words or words[0].lower() in _NOT_VERBS:
@@ -342,7 +348,8 @@ def invites_answer(text: str) -> bool:
 
 
 _LEAD_INS = {"now", "so", "please", "and", "next", "then", "finally", "ok", "okay", "right", "well", "good", "great"}
-_REQUESTS = {"tell", "describe", "explain", "talk", "give", "share", "name", "list", "walk", "imagine", "compare"}
+# "Give me a moment" asks for nothing: "give" is not among them.
+_REQUESTS = {"tell", "describe", "explain", "talk", "share", "name", "list", "walk", "imagine", "compare"}
 
 
 def _named_choice(choice: Any) -> str | None:

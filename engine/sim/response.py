@@ -27,9 +27,10 @@ TRANSCRIPT_LEAD_MS = 300  # the transcript runs ahead of the audio, as on the re
 FIRST_AUDIO_S = (0.2, 0.6)  # response.create -> first audio delta, unless the scenario says otherwise
 
 _RATE_LIMIT_MESSAGE = "Rate limit reached for requests. Please try again in 20ms. (simulated)"
-_SERVER_ERROR_MESSAGE = (
-    "The server had an error while processing your request. Sorry about that! (simulated)"
-)
+_SERVER_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that! (simulated)"
+
+
+_NO_FAULTS = Faults()
 
 
 def failure_details(kind: str) -> dict[str, Any]:
@@ -93,7 +94,7 @@ class Response:
         *,
         rng: random.Random,
         shuffle_rng: random.Random | None = None,
-        faults: Faults = Faults(),
+        faults: Faults = _NO_FAULTS,
         speech: Speech | None = None,
         call: Call | None = None,
         metadata: dict[str, str] | None = None,
@@ -222,7 +223,13 @@ class Response:
         base = {"id": out.id, "object": "realtime.item", "status": status}
         if out.call is not None:
             arguments = out.call.arguments if status == "completed" else ""
-            return {**base, "type": "function_call", "name": out.call.name, "call_id": out.call_id, "arguments": arguments}
+            return {
+                **base,
+                "type": "function_call",
+                "name": out.call.name,
+                "call_id": out.call_id,
+                "arguments": arguments,
+            }
         if transcript is None and status != "in_progress" and out.speech is not None:
             transcript = out.speech.text
         content = [] if status == "in_progress" else [{"type": "output_audio", "transcript": transcript}]
@@ -240,7 +247,12 @@ class Response:
         return [
             {"type": "response.output_audio.done", **ref, "content_index": 0},
             {"type": "response.output_audio_transcript.done", **ref, "content_index": 0, "transcript": transcript},
-            {"type": "response.content_part.done", **ref, "content_index": 0, "part": {"type": "audio", "transcript": transcript}},
+            {
+                "type": "response.content_part.done",
+                **ref,
+                "content_index": 0,
+                "part": {"type": "audio", "transcript": transcript},
+            },
             item_done,
         ]
 
@@ -279,7 +291,13 @@ def _transcript_deltas(speech: Speech, start: float) -> list[tuple[float, Event,
     deltas, chars = [], 0
     for word in words:
         position_ms = max(0.0, total_ms * chars / total_chars - TRANSCRIPT_LEAD_MS)
-        deltas.append((start + position_ms / 1000 / DELIVERY, {"type": "response.output_audio_transcript.delta", "delta": word}, 0))
+        deltas.append(
+            (
+                start + position_ms / 1000 / DELIVERY,
+                {"type": "response.output_audio_transcript.delta", "delta": word},
+                0,
+            )
+        )
         chars += len(word)
     return deltas
 
@@ -290,7 +308,9 @@ def _audio_deltas(speech: Speech, start: float, rng: random.Random) -> list[tupl
     while offset < len(speech.audio):
         chunk = speech.audio[offset : offset + rng.randint(*CHUNK_MS) * BYTES_PER_MS]
         at = start + offset / BYTES_PER_MS / 1000 / DELIVERY
-        deltas.append((at, {"type": "response.output_audio.delta", "delta": base64.b64encode(chunk).decode()}, len(chunk)))
+        deltas.append(
+            (at, {"type": "response.output_audio.delta", "delta": base64.b64encode(chunk).decode()}, len(chunk))
+        )
         offset += len(chunk)
     return deltas
 
@@ -300,7 +320,12 @@ def _rate_limits(rng: random.Random) -> Event:
         "type": "rate_limits.updated",
         "rate_limits": [
             {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
-            {"name": "tokens", "limit": 40000, "remaining": rng.randint(30000, 39000), "reset_seconds": round(rng.uniform(1, 9), 3)},
+            {
+                "name": "tokens",
+                "limit": 40000,
+                "remaining": rng.randint(30000, 39000),
+                "reset_seconds": round(rng.uniform(1, 9), 3),
+            },
         ],
     }
 
@@ -316,5 +341,3 @@ def _usage(output: list[Event]) -> dict[str, Any]:
         "input_token_details": {"text_tokens": 1000, "audio_tokens": 200, "cached_tokens": 0},
         "output_token_details": {"text_tokens": text, "audio_tokens": audio},
     }
-
-

@@ -76,7 +76,9 @@ Range = Annotated[
 """Seconds: a number, or ``[low, high]`` drawn uniformly (seeded) each time it is used."""
 
 Delay = Annotated[
-    Annotated[Seconds, Tag("value")] | Annotated[_SecondsRange, Tag("range")] | Annotated[Literal["never"], Tag("never")],
+    Annotated[Seconds, Tag("value")]
+    | Annotated[_SecondsRange, Tag("range")]
+    | Annotated[Literal["never"], Tag("never")],
     Discriminator(_delay_kind),
 ]
 """A Range, or ``never``."""
@@ -106,14 +108,17 @@ class Answer(_Model):
     """One turn of the candidate, in full form. Exactly one of `text`, `silence`, `leave`."""
 
     text: str | None = Field(default=None, min_length=1, description="What the candidate says.")
-    silence: bool = Field(default=False, description="The candidate says nothing to this question (the flow's timeout decides).")
+    silence: bool = Field(
+        default=False, description="The candidate says nothing to this question (the flow's timeout decides)."
+    )
     leave: Literal["silent", "hang_up"] | None = Field(
         default=None,
         description="The candidate leaves instead of answering: `silent` never speaks again; `hang_up` ends the "
         "call (the server closes the connection with code 1000).",
     )
     reaction_s: Range | None = Field(
-        default=None, description="Seconds between the end of the question's audio and the first word (default: the candidate's)."
+        default=None,
+        description="Seconds between the end of the question's audio and the first word (default: the candidate's).",
     )
     barge_in_s: float | None = Field(
         default=None, ge=0, le=600,
@@ -169,7 +174,9 @@ AnswerEntry = Annotated[
 class SpeaksOver(_Model):
     """The candidate talks over one of the interviewer's lines (not a question it asked): e.g. the goodbye."""
 
-    during: str = Field(min_length=1, description="Words of the interviewer's line that set this off (case-insensitive).")
+    during: str = Field(
+        min_length=1, description="Words of the interviewer's line that set this off (case-insensitive)."
+    )
     after_s: float = Field(default=0.5, ge=0, le=600, description="Seconds after that line's audio begins.")
     text: str = Field(min_length=1, description="What the candidate says over it.")
 
@@ -192,8 +199,12 @@ _DEFAULT_ANSWERS = [
 class Candidate(_Model):
     """The scripted candidate: how they speak, and what they say turn by turn."""
 
-    voice: str = Field(default="en-us", description="espeak-ng voice of the candidate, for tools that synthesise their side.")
-    words_per_minute: int = Field(default=120, ge=30, le=400, description="Speaking rate; an answer's length follows from it.")
+    voice: str = Field(
+        default="en-us", description="espeak-ng voice of the candidate, for tools that synthesise their side."
+    )
+    words_per_minute: int = Field(
+        default=120, ge=30, le=400, description="Speaking rate; an answer's length follows from it."
+    )
     reaction_s: Range = Field(
         default_factory=lambda: [0.6, 1.2],
         description="Seconds between the end of a question's audio and the candidate's first word.",
@@ -241,12 +252,16 @@ ACKNOWLEDGEMENT = "All right, I've noted that."
 class ToolCall(_Model):
     """When the model calls one of the flow's tools on its own (tool_choice `auto`)."""
 
-    tool: str | None = Field(default=None, min_length=1, description="The tool's name; omitted: the first tool the session declares.")
+    tool: str | None = Field(
+        default=None, min_length=1, description="The tool's name; omitted: the first tool the session declares."
+    )
     after_answers: int | None = Field(
         default=None, ge=0, le=10_000, description="Call once the candidate has given at least this many answers."
     )
     cue: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        default=None, min_length=1, description="Call after an answer that contains one of these words (case-insensitive)."
+        default=None,
+        min_length=1,
+        description="Call after an answer that contains one of these words (case-insensitive).",
     )
     times: int = Field(default=1, ge=1, le=100, description="How many calls in all (2 or more tests duplicate calls).")
     again_after: Literal["answer", "response"] = Field(
@@ -259,7 +274,8 @@ class ToolCall(_Model):
         "call its own (the last one repeats).",
     )
     say: str | None = Field(
-        default=None, description="What the model says with the call when the response has no instructions (default: nothing)."
+        default=None,
+        description="What the model says with the call when the response has no instructions (default: nothing).",
     )
 
     @model_validator(mode="after")
@@ -276,7 +292,9 @@ class ScriptedResponse(_Model):
 
     response: int = Field(ge=1, le=100_000, description="Which response: 1 is the model's first.")
     say: str | None = Field(default=None, min_length=1, description="Speak exactly this.")
-    skip_tools: bool = Field(default=False, description="Call no tool, even one that is due or that tool_choice requires.")
+    skip_tools: bool = Field(
+        default=False, description="Call no tool, even one that is due or that tool_choice requires."
+    )
     fail: Literal["rate_limit", "server_error"] | None = Field(
         default=None, description="The response fails at once (`response.done` with status `failed`)."
     )
@@ -301,9 +319,12 @@ class Interviewer(_Model):
         default=None, description="Used in the greeting when the session's instructions do not name the interviewer."
     )
     voice: str = Field(default="en-us+f3", description="espeak-ng voice of the interviewer's audio.")
-    words_per_minute: int = Field(default=160, ge=30, le=400, description="Speaking rate; the audio's length follows from it.")
+    words_per_minute: int = Field(
+        default=160, ge=30, le=400, description="Speaking rate; the audio's length follows from it."
+    )
     first_audio_s: Range = Field(
-        default_factory=lambda: [0.2, 0.6], description="Seconds from response.create to the first audio (model latency)."
+        default_factory=lambda: [0.2, 0.6],
+        description="Seconds from response.create to the first audio (model latency).",
     )
     greeting: str | None = Field(
         default=None,
@@ -314,9 +335,13 @@ class Interviewer(_Model):
         default_factory=lambda: list(_DEFAULT_QUESTIONS), max_length=1000,
         description="The questions the model asks, in order.",
     )  # fmt: skip
-    closing: str = Field(default=CLOSING, min_length=1, description="Said instead of a question once every question was asked.")
+    closing: str = Field(
+        default=CLOSING, min_length=1, description="Said instead of a question once every question was asked."
+    )
     acknowledgement: str = Field(
-        default=ACKNOWLEDGEMENT, min_length=1, description="Said in a response without instructions right after a tool's output."
+        default=ACKNOWLEDGEMENT,
+        min_length=1,
+        description="Said in a response without instructions right after a tool's output.",
     )
     tool_calls: list[ToolCall] = Field(
         default_factory=_default_tool_calls,
@@ -554,7 +579,9 @@ def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str]:
         elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
             data = data[part]
             out.append(part)
-        elif isinstance(data, dict) and isinstance(part, str) and part not in ("text", "turn", "value", "range", "never"):
+        elif (
+            isinstance(data, dict) and isinstance(part, str) and part not in ("text", "turn", "value", "range", "never")
+        ):
             out.append(part)  # a key that is not there: missing or unknown
             break
     return tuple(out), field

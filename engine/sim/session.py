@@ -56,7 +56,10 @@ _SESSION_KEYS = {
     "type", "model", "output_modalities", "instructions", "audio", "include", "max_output_tokens",
     "parallel_tool_calls", "prompt", "reasoning", "tool_choice", "tools", "tracing", "truncation",
 }  # fmt: skip
-_AUDIO_KEYS = {"input": {"format", "noise_reduction", "transcription", "turn_detection"}, "output": {"format", "voice", "speed"}}
+_AUDIO_KEYS = {
+    "input": {"format", "noise_reduction", "transcription", "turn_detection"},
+    "output": {"format", "voice", "speed"},
+}
 
 
 class _Request(Protocol):
@@ -259,7 +262,9 @@ class Session:
 
     def _unknown_event(self) -> str:
         kind = self._rng["unknown_events"].choice(["sim.unknown", "sim.future_feature.delta"])
-        return json.dumps({"type": kind, "event_id": self.new_id("event"), "note": "the simulator's unknown_events fault"})
+        return json.dumps(
+            {"type": kind, "event_id": self.new_id("event"), "note": "the simulator's unknown_events fault"}
+        )
 
     async def _frame(self, text: str) -> None:
         if self._ending is not None:
@@ -290,10 +295,18 @@ class Session:
             self.stats.errors_sent.append("session_expired")
             await self._end("expire_after", close=(1001, EXPIRED))
 
-    async def _error(self, code: str, message: str, client_event: Event | None = None, *, param: str | None = None) -> None:
+    async def _error(
+        self, code: str, message: str, client_event: Event | None = None, *, param: str | None = None
+    ) -> None:
         self.stats.errors_sent.append(code)
         client_id = client_event.get("event_id") if isinstance(client_event, dict) else None
-        error = {"type": "invalid_request_error", "code": code, "message": message, "param": param, "event_id": client_id}
+        error = {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_id,
+        }
         await self._send({"type": "error", "error": error})
 
     async def _emit(self, step: Step) -> None:
@@ -372,7 +385,9 @@ class Session:
     async def _on_session_update(self, event: Event) -> None:
         patch = event.get("session")
         if not isinstance(patch, dict):
-            return await self._error("missing_required_parameter", "Missing required parameter: 'session'.", event, param="session")
+            return await self._error(
+                "missing_required_parameter", "Missing required parameter: 'session'.", event, param="session"
+            )
         if "type" not in patch:
             message = "Missing required parameter: 'session.type'."
             return await self._error("missing_required_parameter", message, event, param="session.type")
@@ -385,10 +400,9 @@ class Session:
             return await self._error("unknown_parameter", f"Unknown parameter: '{unknown}'.", event, param=unknown)
         audio_in = (patch.get("audio") or {}).get("input") if isinstance(patch.get("audio"), dict) else None
         turn_detection = audio_in.get("turn_detection", ...) if isinstance(audio_in, dict) else ...
-        if turn_detection is not ...:
-            if problem := vadmod.validate(turn_detection):
-                param, message = problem
-                return await self._error("invalid_value", message, event, param=param)
+        if turn_detection is not ... and (problem := vadmod.validate(turn_detection)):
+            param, message = problem
+            return await self._error("invalid_value", message, event, param=param)
         _merge(self.session, patch)
         if turn_detection is not ...:
             # Replaced, not merged: switching to semantic_vad drops server_vad's knobs.
@@ -401,7 +415,9 @@ class Session:
         try:
             pcm = base64.b64decode(str(event.get("audio", "")), validate=True)
         except (binascii.Error, ValueError):
-            return await self._error("invalid_value", "Invalid 'audio': expected base64-encoded audio.", event, param="audio")
+            return await self._error(
+                "invalid_value", "Invalid 'audio': expected base64-encoded audio.", event, param="audio"
+            )
         self.input_bytes += len(pcm)
         vad = self._vad()
         if vad is None:
@@ -442,7 +458,8 @@ class Session:
         item = item if isinstance(item, dict) else {}
         kind = item.get("type")
         if kind not in ("message", "function_call", "function_call_output"):
-            message = f"Invalid value: '{kind}'. Supported values are: 'message', 'function_call', and 'function_call_output'."
+            supported = "'message', 'function_call', and 'function_call_output'"
+            message = f"Invalid value: '{kind}'. Supported values are: {supported}."
             return await self._error("invalid_value", message, event, param="item.type")
         if kind == "function_call_output" and item.get("call_id") not in self.call_ids:
             message = f"Tool call ID '{item.get('call_id')}' not found in conversation."
@@ -481,7 +498,9 @@ class Session:
         if (item := await self._known_item(event)) is None:
             return
         if item.get("type") != "message" or item.get("role") != "assistant":
-            return await self._error("unsupported_content_type", "Only model output audio messages can be truncated", event)
+            return await self._error(
+                "unsupported_content_type", "Only model output audio messages can be truncated", event
+            )
         if event.get("content_index") != 0:
             message = f"Invalid value: '{event.get('content_index')}'. The item has one content part, 0."
             return await self._error("invalid_value", message, event, param="content_index")
@@ -503,7 +522,9 @@ class Session:
     async def _on_response_cancel(self, event: Event) -> None:
         running, wanted = self.active, event.get("response_id")
         if running is None or (wanted and wanted != running.response.id):
-            return await self._error("response_cancel_not_active", "Cancellation failed: no active response found", event)
+            return await self._error(
+                "response_cancel_not_active", "Cancellation failed: no active response found", event
+            )
         self._cancel(running, "client_cancelled")
 
     def _cancel(self, running: _Running, reason: str) -> None:
@@ -696,7 +717,9 @@ class Session:
         self._schedule_transcript(item_id, heard, answer)
 
     async def _user_item(self, item_id: str) -> None:
-        await self._send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": self.last_item})
+        await self._send(
+            {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": self.last_item}
+        )
         content = [{"type": "input_audio", "transcript": None}]
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed"}
         await self._add_item({**item, "content": content})
@@ -822,7 +845,10 @@ class Session:
                     await self._speech_started(item_id, start_ms, vad)
                 await timeline.at(segment.detected)
                 if vad is not None:
-                    stopped = {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": round(segment.detected * 1000)}
+                    stopped = {
+                        "type": "input_audio_buffer.speech_stopped",
+                        "audio_end_ms": round(segment.detected * 1000),
+                    }
                     await self._send({**stopped, "item_id": item_id})
                 await self._turn_committed(item_id, segment.text, vad, answer)
         finally:
