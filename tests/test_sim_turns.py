@@ -406,3 +406,14 @@ def test_handle_serves_a_memory_connection_on_a_virtual_clock() -> None:
     # reaction, the answer (6 words at 120 wpm = 3 s), the turn end and the transcript delay.
     assert elapsed > 5.0 and wall < elapsed / 2
     assert frames == again  # byte for byte: deterministic for a seed, ids and audio included
+
+
+@aio
+async def test_without_turn_detection_the_scripted_candidate_still_commits_its_turn() -> None:
+    update = {**ENGINE_SESSION, "audio": {"input": {"transcription": {"model": "whisper-1"}, "turn_detection": None}}}
+    async with session(update=update, persona=short_persona()) as (sim, client):
+        assert client.events[-1]["session"]["audio"]["input"]["turn_detection"] is None
+        await ask(client)
+        got = await client.until(TRANSCRIBED)
+    assert [k for k in types(got) if k.startswith("input_audio_buffer")] == ["input_audio_buffer.committed"]
+    assert got[-1]["transcript"] == SHORT_ANSWERS[0]

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.exceptions import ConnectionClosed
 
 from . import vad as vadmod
-from .clock import Timeline
+from .clock import Clock, Timeline
 from .model import Call, Model, Turn
 from .response import BYTES_PER_MS, Response, Speech, Step, failure_details
 from .scenario import Answer
@@ -65,23 +65,26 @@ _AUDIO_KEYS = {
 class _Request(Protocol):
     @property
     def path(self) -> str: ...
+
     @property
     def headers(self) -> Any: ...  # .get(name) -> str | None
 
 
 class _Transport(Protocol):
     def abort(self) -> None: ...
+
     def pause_reading(self) -> None: ...
 
 
 class Connection(Protocol):
-    """What the simulator needs of a connection: websockets' ServerConnection, or engine.loopback's."""
+    """What the simulator needs of a connection: websockets' ServerConnection, or engine.loopback's
+    server end. Nothing else is used; `transport` only by the abort and freeze faults."""
 
     @property
-    def request(self) -> Any: ...  # a _Request, or None
+    def request(self) -> _Request | None: ...
 
     @property
-    def transport(self) -> Any: ...  # a _Transport
+    def transport(self) -> _Transport: ...
 
     async def send(self, message: str | bytes, *, text: bool | None = None) -> None: ...
 
@@ -125,8 +128,6 @@ class Session:
     """One connection: the model, the candidate and the protocol bookkeeping of one conversation."""
 
     def __init__(self, sim: Simulator, ws: Connection, number: int):
-        from .clock import Clock
-
         self.sim, self.ws, self.number = sim, ws, number
         self.persona, self.faults, self.stats = sim.persona, sim.faults, sim.stats
         self._seed = sim.seed
@@ -141,8 +142,8 @@ class Session:
         self._ending: str | None = None
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         request = ws.request
-        path = str(getattr(request, "path", "") or "")
-        self._headers = getattr(request, "headers", None)
+        path = request.path if request is not None else ""
+        self._headers = request.headers if request is not None else None
         model = parse_qs(urlsplit(path).query).get("model", ["gpt-realtime"])[0]
         self.session = _default_session(self.new_id("sess"), model)
         self.conversation_id = self.new_id("conv")
@@ -183,6 +184,9 @@ class Session:
             results = await asyncio.gather(reader, return_exceptions=True)
             if isinstance(results[0], str):
                 why = results[0]
+            elif isinstance(results[0], Exception):
+                why = f"simulator error: {results[0]!r}"
+                logger.error("simulator session %d failed", self.number, exc_info=results[0])
             if self._ending == "freeze_after":
                 await self._frozen()
             tasks = list(self._tasks)
@@ -674,6 +678,8 @@ class Session:
         vad = self._vad()
         if vad is None or vad.kind != "server_vad" or not vad.idle_timeout_ms:
             return
+        if self.clock.now < self._candidate_until or (self._detector is not None and self._detector.speaking):
+            return  # the candidate has the floor: not idle
         self._idle_generation += 1
         generation = self._idle_generation
         deadline = self.clock.now + response.audio_seconds + vad.idle_timeout_ms / 1000
