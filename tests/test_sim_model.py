@@ -274,3 +274,52 @@ def test_generated_arguments_are_bounded_on_recursive_schemas() -> None:
     while isinstance(arguments, dict) and arguments.get("child") is not None:
         arguments, depth = arguments["child"], depth + 1
     assert 1 < depth < 30
+
+
+# ---------------------------------------------------------------------------------------------------
+# Any input: never an exception, never the instructions read aloud
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_WORDS = st.sampled_from(["ask", "the", "candidate", "question", "2", "thank", "introduce", "yourself", "as", "Robin",
+                          "say:", '"', "“", "then", "and", ",", ".", "repeat", "wait", "goodbye", "please", "kindly",
+                          "record", "tool", "whether", "to", "\n", "again", "first", "Say", "welcome"])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_WORDS, max_size=30).map(" ".join), st.booleans(), st.sampled_from(["auto", "none", "required"]))
+def test_any_instructions_give_speech_and_never_the_instructions(instructions: str, after_output: bool, choice: str) -> None:
+    m = model(tool_calls=[{"cue": ["candidate"]}])
+    m.hear("the candidate")
+    decision = say(m, instructions, tools=(SCORE,), tool_choice=choice, after_tool_output=after_output)
+    assert isinstance(decision.text, str) and (decision.text or decision.call is not None)
+    if '"' not in instructions and "“" not in instructions and "say:" not in instructions.lower():
+        words = instructions.split()
+        if len(words) >= 4:
+            assert " ".join(words) not in decision.text
+    if choice == "none":
+        assert decision.call is None
+
+
+_SCHEMAS = st.recursive(
+    st.sampled_from([{"type": t} for t in ("string", "integer", "number", "boolean", "null")])
+    | st.builds(lambda lo, hi: {"type": "integer", "minimum": lo, "maximum": hi}, st.integers(-5, 5), st.integers(-5, 5))
+    | st.builds(lambda e: {"enum": e}, st.lists(st.integers() | st.text(max_size=3), max_size=3))
+    | st.sampled_from([{"type": "string", "format": f} for f in ("date", "email", "uuid", "nonsense")])
+    | st.just({"$ref": "#/nowhere"}) | st.just({}) | st.just({"type": ["null", "integer"]}),
+    lambda inner: st.builds(lambda props: {"type": "object", "properties": props},
+                            st.dictionaries(st.text("abc", min_size=1, max_size=3), inner, max_size=3))
+    | st.builds(lambda items, n: {"type": "array", "items": items, "minItems": n}, inner, st.integers(0, 3))
+    | st.builds(lambda a: {"anyOf": a}, st.lists(inner, max_size=3))
+    | st.builds(lambda a: {"allOf": a}, st.lists(inner, max_size=2)),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SCHEMAS)
+def test_any_schema_gives_json_arguments(schema: dict[str, Any]) -> None:
+    arguments = generate_arguments({"type": "object", "properties": {"x": schema}})
+    json.dumps(arguments)  # always serialisable
+    assert set(arguments) == {"x"}
