@@ -13,7 +13,7 @@ from pydantic import Field, TypeAdapter
 from engine.effects import Fired
 from engine.realtime import Endpoint, choose_endpoint
 from engine.runner import Session
-from engine.simulator import BargeIn, load_persona, simulator
+from engine.simulator import Persona, load_persona, simulator
 from engine.sinks import SINKS
 from engine.trace import read
 from engine.ui import PlainView
@@ -67,7 +67,7 @@ def test_clean_interview_end_to_end(tmp_path):
     assert stats.collisions == 0 and stats.injected_collisions == 0
     report = json.loads((result.folder / "report.json").read_text())
     answers = [t["text"] for t in report["turns"] if t["role"] == "candidate"]
-    assert answers == PERSONA.answers[:PERSONA.questions_before_assessment]
+    assert answers == PERSONA.candidate.answers[:4]  # the persona's model calls the tool after four answers
     assert report["results"]["assessment"]["overall"]["band"] in {"B1", "B2"}
     assert report["ok"] is True and report["final_state"] == "done"
     summary = report["results"]["assessment"]["summary"]
@@ -158,8 +158,10 @@ def barge_in_session(tmp_path_factory):
     """One session, slower than the others: a barge-in is about timing, and at 60x one scheduling
     hiccup of 10 ms is 0.6 s of session time, enough to overlap the end of an ordinary question.
     The job is instant because a real one's CPU time does not scale with --speed."""
-    persona = PERSONA.model_copy(update={"barge_in": BargeIn(question=2, after_s=1.0),
-                                         "questions_before_assessment": 3})
+    data = PERSONA.model_dump()
+    data["candidate"]["answers"][1] = {"text": data["candidate"]["answers"][1], "barge_in_s": 1.0}
+    data["interviewer"]["tool_calls"][0]["after_answers"] = 3
+    persona = Persona.model_validate(data)
     result, stats, _ = asyncio.run(interview(tmp_path_factory.mktemp("barge"), persona=persona, speed=15,
                                              jobs={"assessment": instant_assessment}))
     return result, stats, trace_of(result)
