@@ -15,7 +15,9 @@ Rules of this module:
 from __future__ import annotations
 
 import os
+import re
 import stat
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ import yaml
 
 from .errors import EngineError, Problem
 
-__all__ = ["Unreadable", "Document", "read_text", "parse_yaml", "read_yaml", "inside", "MAX_BYTES"]
+__all__ = ["Unreadable", "Document", "read_text", "parse_yaml", "read_yaml", "inside", "clean", "MAX_BYTES"]
 
 MAX_BYTES = 1 << 20  # 1 MiB: a flow, persona or instructions file is a few KB
 MAX_DEPTH = 64  # nesting of mappings and sequences
@@ -37,6 +39,9 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 # Keys YAML 1.1 (PyYAML) reads as booleans: `on:` becomes True, silently.
 _YAML11_BOOLS = {"y", "yes", "n", "no", "on", "off", "true", "false"}
+# Plain scalars that YAML 1.1 (PyYAML) and YAML 1.2 (editors, yaml-language-server) read differently.
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+$")
+_OCTAL11 = re.compile(r"^[-+]?0[0-7_]+$")
 
 
 class Unreadable(EngineError):
@@ -61,6 +66,8 @@ def read_text(path: str | Path, *, limit: int = MAX_BYTES) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise Unreadable(path, _os_message(exc)) from None
+    except ValueError:  # a NUL byte in the name
+        raise Unreadable(clean(str(path)), "is not a file name") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -100,7 +107,11 @@ class Document:
         while loc and loc not in table:
             loc = loc[:-1]
         line, col = table.get(loc, self.values.get((), (1, 1)))
-        self.problems.append(Problem(self.path, line, col, message, warning))
+        self.problems.append(Problem(self.path, line, col, clean(message), warning))
+
+    def add(self, position: tuple[int, int], message: str, *, warning: bool = False) -> None:
+        """Report `message` at a (line, col) position."""
+        self.problems.append(Problem(self.path, position[0], position[1], clean(message), warning))
 
     def position(self, loc: Iterable[Any]) -> tuple[int, int]:
         loc = tuple(loc)
@@ -128,18 +139,18 @@ def parse_yaml(text: str, path: str = "<yaml>") -> Document:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        doc.problems.append(Problem(path, line, col, f"YAML: {exc.problem or exc.context or 'syntax error'}"))
+        doc.add((line, col), f"YAML: {exc.problem or exc.context or 'syntax error'}")
         return doc
     except (yaml.YAMLError, RecursionError, ValueError) as exc:  # RecursionError: pure-Python parser only
-        doc.problems.append(Problem(path, 1, 1, f"YAML: {_first_line(exc) or type(exc).__name__}"))
+        doc.add((1, 1), f"YAML: {_first_line(exc) or type(exc).__name__}")
         return doc
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
-        doc.problems.append(Problem(path, 1, 1, "the document is empty"))
+        doc.add((1, 1), "the document is empty")
         return doc
     try:
         doc.data = _Builder(doc).value(node, (), 0, ())
     except _TooBig as exc:
-        doc.problems.append(Problem(path, *exc.position, exc.message))
+        doc.add(exc.position, exc.message)
         doc.data = None
     return doc
 
@@ -150,21 +161,40 @@ def read_yaml(path: str | Path, *, limit: int = MAX_BYTES) -> Document:
 
 
 def inside(folder: Path, name: str) -> Path:
-    """The regular file `name` names inside `folder` (for `instructions_file:` beside a flow).
+    """The file `name` names inside `folder` (for `instructions_file:` beside a flow).
+
+    Only the path is checked here; `read_text` then refuses what is not a regular file.
 
     Raises:
-        ValueError: an absolute path, a `..` part, or a path (or symlink) that leads out of `folder`.
+        ValueError: not a file name, an absolute path, a `..` part, or a path (or a symlink on the
+            way) that leads out of `folder`.
     """
+    if not name or any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise ValueError(f"'{clean(name)}' is not a file name")
     relative = Path(name)
     if relative.is_absolute() or name.startswith("~"):
         raise ValueError(f"'{name}' must be a path relative to the flow's folder")
     if ".." in relative.parts:
         raise ValueError(f"'{name}' must stay inside the flow's folder (no '..')")
-    base = folder.resolve()
-    target = (base / relative).resolve()
+    try:
+        base = folder.resolve()
+        target = (base / relative).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (pathlib before 3.13)
+        raise ValueError(f"'{name}' cannot be resolved (a symlink loop?)") from None
     if target != base and base not in target.parents:
         raise ValueError(f"'{name}' leads out of the flow's folder (a symlink?)")
     return target
+
+
+def clean(text: str) -> str:
+    """`text` safe to print on one line: control, format and surrogate characters escaped.
+
+    A name in a message comes from the author's file; a newline in it would split the line, an
+    escape sequence would reach the terminal, a lone surrogate would fail to encode.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
 
 
 # Private.
@@ -194,18 +224,23 @@ class _Builder:
             raise _TooBig(_pos(node), "a recursive alias: the value contains itself")
         doc.values.setdefault(loc, _pos(node))
         if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
-            doc.problems.append(Problem(doc.path, *_pos(node), f"YAML tag '{node.tag}' is not allowed here"))
+            doc.add(_pos(node), f"YAML tag '{node.tag}' is not allowed here")
             return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc, depth, path + (id(node),))
         if isinstance(node, yaml.SequenceNode):
             inner = path + (id(node),)
             return [self.value(child, loc + (i,), depth + 1, inner) for i, child in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        surprise = _yaml11_only(node)
+        if surprise:
+            doc.add(_pos(node), surprise)
+            return None
         try:
             return self.constructor.construct_object(node, deep=True)
         except (yaml.constructor.ConstructorError, ValueError, OverflowError) as exc:  # !!python/..., bad !!int
             message = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else _first_line(exc)
-            doc.problems.append(Problem(doc.path, *_pos(node), f"YAML: {message}"))
+            doc.add(_pos(node), f"YAML: {message}")
             return None
 
     def _mapping(self, node: yaml.MappingNode, loc: tuple[Any, ...], depth: int, path: tuple[int, ...]) -> Any:
@@ -213,22 +248,40 @@ class _Builder:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                doc.problems.append(Problem(doc.path, *_pos(key_node), "YAML merge keys (<<) are not supported"))
+                doc.add(_pos(key_node), "YAML merge keys (<<) are not supported")
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                doc.problems.append(Problem(doc.path, *_pos(key_node), "a key must be a plain name"))
+                doc.add(_pos(key_node), "a key must be a plain name")
                 continue
             key = key_node.value
             if key_node.tag == "tag:yaml.org,2002:bool" or (key_node.style is None and key.lower() in _YAML11_BOOLS):
-                doc.problems.append(Problem(doc.path, *_pos(key_node), f"key '{key}' is read by YAML 1.1 as a "
-                                            "boolean; quote it or use another name"))
+                doc.add(_pos(key_node), f"key '{key}' is read by YAML 1.1 as a boolean; quote it or use another name")
                 continue
             if key in out:
-                doc.problems.append(Problem(doc.path, *_pos(key_node), f"duplicate key '{key}'"))
+                doc.add(_pos(key_node), f"duplicate key '{key}'")
                 continue
             doc.keys[loc + (key,)] = _pos(key_node)
             out[key] = self.value(value_node, loc + (key,), depth + 1, path)
         return out
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _yaml11_only(node: yaml.ScalarNode) -> str | None:
+    """Why YAML 1.2 (what editors check against) would read this plain scalar differently."""
+    if node.style not in (None, ""):
+        return None
+    text = node.value
+    if node.tag == "tag:yaml.org,2002:bool" and text.lower() not in ("true", "false"):
+        return f"'{text}' is read by YAML 1.1 as a boolean; write true or false, or quote it for text"
+    if node.tag == "tag:yaml.org,2002:int" and _SEXAGESIMAL.match(text):
+        return f"'{text}' is read by YAML 1.1 as a number in base 60; quote it, or write the number"
+    if node.tag == "tag:yaml.org,2002:int" and _OCTAL11.match(text):
+        return f"'{text}' is read by YAML 1.1 as an octal number; quote it, or drop the leading zero"
+    return None
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
