@@ -99,6 +99,8 @@ class Document:
     values: dict[tuple[Any, ...], tuple[int, int]] = field(default_factory=dict)
     keys: dict[tuple[Any, ...], tuple[int, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # Where a problem made the reader drop a key or a value: later stages must not echo it.
+    dropped: set[tuple[Any, ...]] = field(default_factory=set)
 
     def at(self, loc: Iterable[Any], message: str, *, key: bool = False, warning: bool = False) -> None:
         """Report `message` at the value (or the key) at `loc`, or its nearest known parent."""
@@ -133,7 +135,7 @@ def parse_yaml(text: str, path: str = "<yaml>") -> Document:
     Problems: YAML syntax, an empty or null document, tags, non-scalar keys, duplicate keys, YAML 1.1
     boolean keys, nesting deeper than MAX_DEPTH, aliases expanding past MAX_VALUES values.
     """
-    doc = Document(path)
+    doc = Document(clean(path))
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -225,6 +227,7 @@ class _Builder:
         doc.values.setdefault(loc, _pos(node))
         if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
             doc.add(_pos(node), f"YAML tag '{node.tag}' is not allowed here")
+            doc.dropped.add(loc)
             return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc, depth, path + (id(node),))
@@ -235,12 +238,14 @@ class _Builder:
         surprise = _yaml11_only(node)
         if surprise:
             doc.add(_pos(node), surprise)
+            doc.dropped.add(loc)
             return None
         try:
             return self.constructor.construct_object(node, deep=True)
         except (yaml.constructor.ConstructorError, ValueError, OverflowError) as exc:  # !!python/..., bad !!int
             message = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else _first_line(exc)
             doc.add(_pos(node), f"YAML: {message}")
+            doc.dropped.add(loc)
             return None
 
     def _mapping(self, node: yaml.MappingNode, loc: tuple[Any, ...], depth: int, path: tuple[int, ...]) -> Any:
@@ -249,16 +254,20 @@ class _Builder:
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 doc.add(_pos(key_node), "YAML merge keys (<<) are not supported")
+                doc.dropped.add(loc + ("<<",))
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 doc.add(_pos(key_node), "a key must be a plain name")
+                doc.dropped.add(loc + ("?",))
                 continue
             key = key_node.value
             if key_node.tag == "tag:yaml.org,2002:bool" or (key_node.style is None and key.lower() in _YAML11_BOOLS):
                 doc.add(_pos(key_node), f"key '{key}' is read by YAML 1.1 as a boolean; quote it or use another name")
+                doc.dropped.add(loc + (key,))
                 continue
             if key in out:
                 doc.add(_pos(key_node), f"duplicate key '{key}'")
+                doc.dropped.add(loc + (key,))
                 continue
             doc.keys[loc + (key,)] = _pos(key_node)
             out[key] = self.value(value_node, loc + (key,), depth + 1, path)
