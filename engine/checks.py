@@ -381,18 +381,19 @@ class _Graph:
             first = min((t for _, t in _present(state.after)), key=lambda t: t.delay)  # the one that fires
             if first.target in self.states:
                 nxt[name] = first.target
+        order = {name: i for i, name in enumerate(self.states)}
         done: set[str] = set()
         for start in self.states:
-            path: list[str] = []
+            path: dict[str, int] = {}  # state -> its place on this walk
             at: str | None = start
             while at is not None and at in nxt and at not in done and at not in path:
-                path.append(at)
+                path[at] = len(path)
                 at = nxt[at]
             done.update(path)
             if at is not None and at in path:
-                cycle = path[path.index(at):]
+                cycle = list(path)[path[at]:]
                 names = " -> ".join(f"'{n}'" for n in [*cycle, cycle[0]])
-                first_state = min(cycle, key=list(self.states).index)
+                first_state = min(cycle, key=order.__getitem__)
                 what = (f"state '{cycle[0]}' leaves only by its own `after:` back into itself"
                         if len(cycle) == 1 else f"states {names} leave only by `after:` timeouts")
                 self.src.at(("states", first_state), f"{what} and none waits for an event: the session loops "
