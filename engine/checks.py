@@ -191,6 +191,9 @@ class _Checker:
 
     def _check_event(self, event: str, loc: Loc) -> None:
         known = self.events
+        if event == "input.transcript" and self.flow.session.transcription is None \
+                and not self.damage.within(("session",)):
+            self.src.at(loc, "no input.transcript ever arrives: session.transcription is null", warning=True)
         if event in known:
             return
         if event in HIGH_RATE:
@@ -310,7 +313,10 @@ class _Graph:
         for _, timeout in _present(state.after):
             self._edge(name, timeout.target, (), f"after {_seconds(timeout.delay)}", True)
         if name in self.c.uncertain:
-            for target in self._written_targets(name):
+            targets: list[str] = []
+            if not _targets(_at(self.src.data, ("states", name)), targets):
+                self.holes.add(name)  # a target written as something else: where it leads is unknown
+            for target in targets:
                 self._edge(name, target, (), "?", False)
 
     def _edge(self, source: str, target: str, events: tuple[str, ...], label: str, certain: bool) -> None:
@@ -323,10 +329,6 @@ class _Graph:
             self.holes.add(source)
             return
         self.out[source].append(_Edge(source, resolved, events, label, certain))
-
-    def _written_targets(self, name: str) -> Iterator[str]:
-        """Every target written in state `name` (a damaged one), read from the file."""
-        yield from _targets(_at(self.src.data, ("states", name)))
 
     def _reachable(self) -> set[str]:
         if self.initial is None:
@@ -465,13 +467,17 @@ class _Graph:
         parent = witnesses[use.fact]
         needed = {"transcript": "an input.transcript (the candidate's words)",
                   "job": f"job.{what}.done", "arg": self._tool_calls(what)}[kind]
-        if (use.state, False) not in parent:  # the transition's own event replaced the tool's arguments
-            assert use.transition is not None
-            label = use.transition.event or f"all({', '.join(use.transition.all_ or [])})"
-            self.src.at(use.loc, f"{head} has no value when {label} fires: it brings no '{what}' argument")
+        if (use.state, False) not in parent:  # present on entry; an event of this step replaced the arguments
+            self.src.at(use.loc, f"{head} may have no value: {self._step(use)} brings other tool arguments, "
+                                 f"without '{what}'")
             return
         self.src.at(use.loc, f"{head} may have no value: {self._path(parent, use.state)} without {needed}, "
                              f"and the session would end there")
+
+    def _step(self, use: _Use) -> str:
+        if use.transition is not None:
+            return use.transition.event or f"all({', '.join(use.transition.all_ or [])})"
+        return "leaving the state by " + " or ".join(e.label for e in self.out[use.state] if e.certain)
 
     def _tool_calls(self, arg: str) -> str:
         tools = [t.name for _, t in _present(self.flow.session.tools) if arg in self._props(t.name)]
@@ -568,14 +574,20 @@ def _written_tool_names(data: Any) -> set[str]:
     return {t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)}
 
 
-def _targets(value: Any) -> Iterator[str]:
+def _targets(value: Any, out: list[str]) -> bool:
+    """Collect every `target:` written in `value`; False if one is not a name (or a list of them)."""
+    ok = True
     if isinstance(value, dict):
         for key, item in value.items():
             if key == "target" and isinstance(item, str):
-                yield item
+                out.append(item)
+            elif key == "target":
+                names = item if isinstance(item, list) else [item]
+                out.extend(n for n in names if isinstance(n, str))
+                ok = ok and all(isinstance(n, str) for n in names)
             else:
-                yield from _targets(item)
+                ok = _targets(item, out) and ok
     elif isinstance(value, list):
         for item in value:
-            yield from _targets(item)
-
+            ok = _targets(item, out) and ok
+    return ok

@@ -178,6 +178,8 @@ def _action_shorthand(value: Any) -> Any:
             return {"tool_result": {"output": arg}}
         if arg is None and key in _BARE_ACTIONS:
             return {key: _BARE_ACTIONS[key]}
+        if key in ("truncate", "cancel_response") and arg is not True:  # 1 == True: a Literal would take it
+            raise ValueError(f"`{key}` takes no value: write `- {key}`")
     return value
 
 
