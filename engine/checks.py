@@ -17,6 +17,7 @@ import re
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 from .events import ENGINE_EVENTS, HIGH_RATE, SERVER_EVENTS
@@ -142,10 +143,7 @@ class _Checker:
     def _check_parameters(self, name: str, parameters: dict[str, Any], loc: Loc) -> None:
         if parameters.get("type") != "object":
             self.src.at(loc, f"tool '{name}': `parameters` is the JSON Schema of the arguments, with `type: object`")
-        from jsonschema import Draft202012Validator  # only for flows with tools: it takes 70 ms to import
-
-        validator = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-        for n, err in enumerate(validator.iter_errors(parameters)):
+        for n, err in enumerate(_meta_schema().iter_errors(parameters)):
             if n == 20:
                 break
             where = loc + tuple(err.absolute_path)
@@ -247,6 +245,14 @@ class _Checker:
         if root in self.flow.jobs and root not in TEMPLATE_ROOTS:
             return f"job:{root}"
         return None
+
+
+@cache
+def _meta_schema() -> Any:
+    """A validator of JSON Schemas themselves (draft 2020-12, as the Realtime API's tools and our schema)."""
+    from jsonschema import Draft202012Validator  # only for flows with tools: it takes 70 ms to import
+
+    return Draft202012Validator(Draft202012Validator.META_SCHEMA)
 
 
 def _templates(action: _Action) -> Iterator[tuple[str, Loc]]:

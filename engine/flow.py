@@ -103,8 +103,9 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+# The schema cannot say "10ms .. 24h" of text; it refuses at least zero (`0s`), the likely mistake.
 _DURATION_FORMS = Annotated[float, Field(ge=MIN_DURATION, le=MAX_DURATION)] | Annotated[
-    str, Field(pattern=rf"^\s*{_NUMBER}\s*(ms|s|m|min|h)?\s*$")
+    str, Field(pattern=rf"^(?=[^1-9]*[1-9])\s*{_NUMBER}\s*(ms|s|m|min|h)?\s*$")
 ]
 Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=_DURATION_FORMS)]
 
@@ -248,16 +249,24 @@ Action = Annotated[_Action, BeforeValidator(_action_shorthand, json_schema_input
 # States and transitions ---------------------------------------------------------------------
 
 
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """`None` here means "not written": the schema offers no `null`."""
+    options = [o for o in schema.pop("anyOf") if o != {"type": "null"}]
+    schema.update(options[0]) if "type" in options[0] and len(options) == 1 else schema.update(anyOf=options)
+    schema.pop("default", None)
+
+
 class Transition(_Model):
     """Fires on `event`, or on the last of the `all` events (a join), when every guard holds."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["event"]}, {"required": ["all"]}]})
 
     event: EventName | None = Field(
-        default=None, description="A Realtime event (GA or beta name) or an engine event: playback.done, "
-        "speech.started, input.committed, input.transcript, tool.<name>, job.<name>.done|failed, session.closed.")
+        default=None, json_schema_extra=_absent_not_null, description="A Realtime event (GA or beta name) or an "
+        "engine event: playback.done, speech.started, input.committed, input.transcript, tool.<name>, "
+        "job.<name>.done|failed, session.closed.")
     all_: list[EventName] | None = Field(
-        default=None, alias="all", min_length=2,
+        default=None, alias="all", min_length=2, json_schema_extra=_absent_not_null,
         description="A join: fire once all of these events happened in this state, in any order.")
     guard: Annotated[list[str], BeforeValidator(_names, json_schema_input_type=str | list[str])] = Field(
         default_factory=list, description="Named conditions that must all hold: speaking, completed, failed, "
@@ -269,13 +278,16 @@ class Transition(_Model):
 
     @model_validator(mode="after")
     def _one_trigger(self) -> Self:
+        given = self.model_fields_set
+        if ("event" in given and self.event is None) or ("all_" in given and self.all_ is None):
+            raise ValueError("`event:` and `all:` name events; leave out the one you do not use")
         if (self.event is None) == (self.all_ is None):
             raise ValueError("a transition has either `event:` or `all:` (a join), not both or neither")
         return self
 
     @property
     def events(self) -> tuple[str, ...]:
-        return tuple(normalise_name(e) for e in ([self.event] if self.event else self.all_ or []))
+        return tuple(normalise_name(e) for e in ([self.event] if self.event is not None else self.all_ or []))
 
 
 class Timeout(_Model):

@@ -299,3 +299,57 @@ def test_nothing_the_author_writes_runs(tmp_path: Path) -> None:
     path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n" + VALID[11:])
     assert run(path)[0] == 1
     assert not marker.exists()
+
+
+# Random damage to a valid flow: any value replaced by junk of any type, keys dropped or added.
+JUNK: list[object] = [None, 0, -1, 1.5, float("nan"), True, "", "x", "respond", "tool.finish", "bye", [], [1],
+                      ["a", "b"], {}, {"a": 1}, {"type": "server_vad"}, {"respond": "x"}, "10s", "{tool.reason}",
+                      "{x", [None], {"event": "x"}, "0ms", 10**20, "on"]
+KEYS = ["x", "after", "final", "target", "event", "all", "guard", "enter", "respond", "type", "delay", "name"]
+
+
+def mutations(seed: int, count: int) -> list[str]:
+    """`count` damaged copies of a valid flow with tools, jobs and guards, as YAML or JSON text."""
+    import copy
+    import json
+    import random
+
+    import yaml
+    from test_checks import BASE
+
+    rng = random.Random(seed)
+    base = yaml.safe_load(BASE)
+
+    def places(node: object, loc: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        found = [loc]
+        if isinstance(node, dict):
+            found += [p for k, v in node.items() for p in places(v, (*loc, k))]
+        elif isinstance(node, list):
+            found += [p for i, v in enumerate(node) for p in places(v, (*loc, i))]
+        return found
+
+    texts = []
+    for _ in range(count):
+        data = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 4)):
+            loc = rng.choice(places(data)[1:])
+            parent = data
+            for part in loc[:-1]:
+                parent = parent[part]
+            if isinstance(parent, dict) and rng.random() < 0.15:
+                del parent[loc[-1]]
+            elif isinstance(parent, dict) and rng.random() < 0.15:
+                parent[rng.choice(KEYS)] = copy.deepcopy(rng.choice(JUNK))
+            else:
+                parent[loc[-1]] = copy.deepcopy(rng.choice(JUNK))
+        texts.append(json.dumps(data) if rng.random() < 0.3 else yaml.safe_dump(data))
+    return texts
+
+
+def test_random_damage_never_raises_and_speaks_plainly() -> None:
+    internal = re.compile(r"instance of|_Action|Input should|dict\[|list\[|Value error|validation error")
+    for text in mutations(seed=11, count=400):
+        flow, problems = flowmod.parse(text, "f.yaml")
+        assert flow is not None or any(not p.warning for p in problems), text
+        for p in problems:
+            assert "\n" not in str(p) and not internal.search(p.message), (p, text)

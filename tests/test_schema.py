@@ -251,3 +251,11 @@ def test_the_schema_module_imports_nothing_extra() -> None:
     out = subprocess.run([sys.executable, "-c", "import sys, engine.flow; print('jsonschema' in sys.modules)"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # jsonschema is only imported for a flow with tools
+
+
+def test_what_the_loader_accepts_the_schema_accepts() -> None:
+    from test_hostile_inputs import mutations
+
+    accepted = [text for text in mutations(seed=7, count=800) if loader_accepts(text)]
+    assert len(accepted) >= 8  # most damage is an error; these are the damaged flows that still load
+    assert [e for text in accepted for e in schema_errors(text)] == []
