@@ -94,6 +94,10 @@ class _Checker:
             if len(loc) >= 2 and loc[0] == "states" and loc[1] in flow.states:
                 self.damaged[loc[1]].append(loc)
         self.uncertain = set(self.damaged)
+        # States whose `final:` is unknown: removed whole, `final` broken, or an unknown key (`finl:`).
+        self.maybe_final = {name for name, locs in self.damaged.items()
+                            if any(len(loc) == 2 or loc[2] == "final" or loc[2] not in State.model_fields
+                                   for loc in locs)}
 
     def run(self) -> None:
         flow = self.flow
@@ -104,7 +108,7 @@ class _Checker:
                 and not self.damage.removed(("states",)):
             self.src.at(("initial",), f"unknown initial state '{flow.initial}'"
                                       f"{self.suggest(flow.initial, flow.states)}")
-        if not any(s.final for s in flow.states.values()) and not self.uncertain \
+        if not any(s.final for s in flow.states.values()) and not self.maybe_final \
                 and not self.damage.removed(("states",)):
             self.src.at(("states",), "no final state: mark the state that ends the interview with `final: true`")
         self._check_session()
@@ -358,7 +362,7 @@ class _Graph:
 
     def _finals(self, reachable: set[str]) -> None:
         """Every state the interview can reach can still reach a final state."""
-        ends = {n for n, s in self.states.items() if s.final} | self.c.uncertain | self.holes
+        ends = {n for n, s in self.states.items() if s.final} | self.c.maybe_final | self.holes
         if not ends:
             return  # "no final state" says it already
         into: dict[str, list[str]] = {name: [] for name in self.states}

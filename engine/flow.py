@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -81,8 +81,7 @@ _NUMBER = r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _DURATION = re.compile(rf"^\s*({_NUMBER})\s*(ms|s|m|min|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
-Loc = tuple[Any, ...]
-M = TypeVar("M", bound=BaseModel)
+Loc = tuple[Any, ...]  # where a value stands in the document: ("states", "ask", "after", 0, "delay")
 
 
 def parse_duration(value: Any) -> float:
@@ -586,11 +585,8 @@ class Damage:
         """The value at `loc` itself, or one of its parents, was removed."""
         return any(loc[:i] in self.locs for i in range(len(loc) + 1))
 
-    def __bool__(self) -> bool:
-        return bool(self.locs)
 
-
-# Stage 2: structure -------------------------------------------------------------------------
+# Private ------------------------------------------------------------------------------------
 
 
 class _InstalledJobs:
@@ -659,4 +655,6 @@ def _shown(value: Any) -> str:
         return text
     if isinstance(value, str):
         return repr(value if len(value) <= 40 else value[:37] + "...")
-    return {"list": "a list", "dict": "a mapping"}.get(type(value).__name__, f"a {type(value).__name__}")
+    kinds = {"list": "a list", "dict": "a mapping", "bytes": "binary data (!!binary)", "date": "a date",
+             "datetime": "a date and time"}
+    return kinds.get(type(value).__name__, f"a {type(value).__name__}")

@@ -415,3 +415,14 @@ def test_a_timeout_of_a_day_and_a_bit_is_refused_and_a_day_is_not() -> None:
     assert flowmod.parse(BASE.replace("{delay: 30s, target: bye}", "{delay: 24h, target: bye}"), "t")[0]
     assert messages(BASE.replace("delay: 25s", "delay: 24h 1s")) == [
         "not a duration: '24h 1s' (write e.g. 5s, 250ms, 2m)"]
+
+
+def test_a_broken_action_does_not_hide_a_missing_final_state() -> None:
+    text = BASE.replace("  bye:\n    final: true\n", "  bye:\n    enter: [respnd]\n    after: [{delay: 1s, target: "
+                                                     "ask}]\n")
+    assert messages(text) == [
+        "no final state: mark the state that ends the interview with `final: true`",
+        "unknown action 'respnd' (did you mean 'respond'?)"]
+    # but a misspelt `final` might be the final state: no echo then
+    text = BASE.replace("  bye:\n    final: true\n", "  bye:\n    finall: true\n")
+    assert messages(text) == ["unknown key 'finall' (did you mean 'final'?)"]

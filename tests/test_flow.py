@@ -142,3 +142,13 @@ def test_schema_forbids_unknown_keys():
 def test_example_flow_declares_the_schema_for_editors():
     first = (FLOWS / "assessment.yaml").read_text().splitlines()[0]
     assert first == "# yaml-language-server: $schema=flow.schema.json"
+
+
+def test_check_of_several_files_exits_with_the_worst(tmp_path, capsys):
+    good, bad, missing = tmp_path / "good.yaml", BROKEN / "01_unknown_target.yaml", tmp_path / "missing.yaml"
+    good.write_text((BROKEN / "01_unknown_target.yaml").read_text().replace("target: listne", "target: listen"))
+    assert main(["check", str(good), str(bad)]) == 1
+    assert main(["check", str(good), str(bad), str(missing)]) == 2
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"{good}: ok", f"{bad}:{EXPECTED['01_unknown_target']}"] * 2
+    assert out.err.splitlines() == [f"{missing}: no such file or directory"]

@@ -186,7 +186,8 @@ CASES: dict[str, Case] = {
     "huge_integer": (text(VALID.replace("delay: 10s", "delay: " + "9" * 5000)), 1,
                      "YAML: a number of 5000 digits is too long to read"),
     "timestamp_name": (text(VALID.replace("name: tiny", "name: 2024-01-01")), 1, "`name` is text, not a date"),
-    "binary_tag_name": (text(VALID.replace("name: tiny", "name: !!binary aGVsbG8=")), 1, "`name` is text, not a"),
+    "binary_tag_name": (text(VALID.replace("name: tiny", "name: !!binary aGVsbG8=")), 1,
+                        "`name` is text, not binary data (!!binary)"),
     # Durations.
     "nan_delay": (text(VALID.replace("delay: 10s", "delay: .nan")), 1, "a duration must be a finite time, not .nan"),
     "inf_delay": (text(VALID.replace("delay: 10s", "delay: .inf")), 1, "a duration must be a finite time, not .inf"),
