@@ -489,6 +489,9 @@ def parse(text: str, path: str = "<flow>", *, read: Callable[[str], str] | None 
     from . import checks  # the checks import the models above
 
     src = parse_yaml(text, path)
+    for loc, position, message in src.yaml11:  # a flow means in an editor what it means here
+        src.add(position, message)
+        src.dropped.add(loc)
     if src.data is None:
         return None, _ordered(src.problems)
     if not isinstance(src.data, dict):

@@ -99,6 +99,10 @@ class Document:
     problems: list[Problem] = field(default_factory=list)
     # Where a problem made the reader drop a key or a value: later stages must not echo it.
     dropped: set[tuple[Any, ...]] = field(default_factory=set)
+    # Plain values YAML 1.2 (editors, JSON Schema tools) reads differently from YAML 1.1 (this
+    # reader): `yes`, `on`, `1:30`, `010`, as (location, position, why). Kept as YAML 1.1 reads them;
+    # a format that wants its files to mean the same in an editor reports them (flows do).
+    yaml11: list[tuple[tuple[Any, ...], tuple[int, int], str]] = field(default_factory=list)
 
     def at(self, loc: Iterable[Any], message: str, *, key: bool = False, warning: bool = False) -> None:
         """Report `message` at the value (or the key) at `loc`, or its nearest known parent."""
@@ -131,8 +135,8 @@ def parse_yaml(text: str, path: str = "<yaml>") -> Document:
     """Read `text` safely into plain data with positions. Never raises for any input.
 
     Problems: YAML syntax, an empty or null document, more than one document, tags, non-scalar
-    keys, duplicate keys, YAML 1.1 booleans (and other values YAML 1.2 reads differently), nesting
-    deeper than MAX_DEPTH, more than MAX_VALUES values once aliases are expanded.
+    keys, duplicate keys, YAML 1.1 boolean keys, nesting deeper than MAX_DEPTH, more than
+    MAX_VALUES values once aliases are expanded. Values YAML 1.2 reads differently are in `yaml11`.
     """
     doc = Document(clean(path))
     loader = _Loader(text)
@@ -339,9 +343,7 @@ class _Builder:
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
         surprise = _yaml11_only(node)
         if surprise:
-            doc.add(position, surprise)
-            doc.dropped.add(loc)
-            return None
+            doc.yaml11.append((loc, position, surprise))
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.constructor.ConstructorError, ValueError, OverflowError) as exc:  # !!python/..., bad !!int
