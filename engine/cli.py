@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import flow as flowmod
-from .errors import FlowError
-from .source import Unreadable
+if TYPE_CHECKING:  # each command imports what it uses, so `engine --help` and `engine check` start fast
+    from . import flow as flowmod
 
-__all__ = ["main"]
+__all__ = ["main", "SCHEMAS"]
+
+# `engine schema [--KIND]`: the JSON Schema of each file format, as "module:function" (imported only
+# when asked for). The simulator's persona format and the conversation-test format plug in here.
+SCHEMAS: dict[str, str] = {
+    "flow": "engine.flow:json_schema",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `engine schema | head`: the reader left; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,18 +76,32 @@ def _parser() -> argparse.ArgumentParser:
     coverage.add_argument("--flow", type=Path)
     coverage.set_defaults(func=_coverage)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the flow format")
-    schema.set_defaults(func=_schema)
+    schema = sub.add_parser("schema", help="print the JSON Schema of the flow format (or of another file format)")
+    kinds = schema.add_mutually_exclusive_group()
+    kinds.add_argument("--persona", dest="kind", action="store_const", const="persona",
+                       help="the persona and scenario format of the simulator")
+    kinds.add_argument("--test", dest="kind", action="store_const", const="test",
+                       help="the conversation test format of `engine test`")
+    schema.set_defaults(func=_schema, kind="flow")
     return parser
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Exit 0: no errors (warnings allowed); 1: a flow has errors; 2: a file cannot be read."""
+    from . import flow as flowmod
+    from .source import Unreadable, clean
+
+    _printable(sys.stdout, sys.stderr)
     status = 0
     for path in args.flows:
         try:
             problems = flowmod.check(path)
         except Unreadable as exc:
-            print(exc, file=sys.stderr)
+            print(clean(str(exc)), file=sys.stderr)
+            status = max(status, 2)
+            continue
+        except (RecursionError, MemoryError) as exc:  # bounded by engine.source; never a traceback anyway
+            print(f"{clean(str(path))}: too large or too deep to check ({type(exc).__name__})", file=sys.stderr)
             status = max(status, 2)
             continue
         for problem in problems:
@@ -83,25 +109,34 @@ def _check(args: argparse.Namespace) -> int:
         if any(not p.warning for p in problems):
             status = max(status, 1)
         elif not problems:
-            print(f"{path}: ok")
+            print(f"{clean(str(path))}: ok")
     return status
 
 
 def _schema(args: argparse.Namespace) -> int:
-    print(json.dumps(schema(), indent=2))
+    target = SCHEMAS.get(args.kind)
+    if target is None:
+        print(f"engine schema: the {args.kind} schema is not available yet", file=sys.stderr)
+        return 2
+    module, _, function = target.partition(":")
+    make: Callable[[], dict[str, Any]] = getattr(importlib.import_module(module), function)
+    print(json.dumps(make(), indent=2))
     return 0
 
 
-def schema() -> dict:
-    """JSON Schema of the flow format, for editors (yaml-language-server modeline)."""
-    out = flowmod.Flow.model_json_schema(by_alias=True)
-    out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    out["title"] = "engine flow"
-    return out
+def _printable(*streams: Any) -> None:
+    """Never fail on a character the terminal cannot show (a file name that is not UTF-8)."""
+    for stream in streams:
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def load_flow_or_report(path: Path) -> flowmod.Flow | None:
     """The flow, or None after printing why it cannot be used (every problem, or unreadable)."""
+    from . import flow as flowmod
+    from .errors import FlowError
+    from .source import Unreadable
+
     try:
         return flowmod.load(path)
     except FlowError as exc:
@@ -112,6 +147,8 @@ def load_flow_or_report(path: Path) -> flowmod.Flow | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .runner import run_session
 
     flow = load_flow_or_report(args.flow)
@@ -121,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .simulator import run_forever
 
     try:
