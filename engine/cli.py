@@ -20,7 +20,30 @@ __all__ = ["main", "SCHEMAS"]
 # when asked for). The simulator's persona format and the conversation-test format plug in here.
 SCHEMAS: dict[str, str] = {
     "flow": "engine.flow:json_schema",
+    "persona": "engine.sim.scenario:persona_schema",
 }
+
+# `engine check FILE`: which format a file is in, by its name (predictable, and what editors see):
+# `*.persona.yaml` or a file in a `personas/` folder is a persona, anything else a flow.
+CHECKERS: dict[str, str] = {
+    "flow": "engine.flow:check",
+    "persona": "engine.sim.scenario:check_persona",
+}
+
+
+def file_kind(path: Path) -> str:
+    """The format of a file `engine check` is given, from its name."""
+    name = path.name
+    if name.endswith((".persona.yaml", ".persona.yml")) or path.parent.name == "personas":
+        return "persona"
+    if name.endswith((".test.yaml", ".test.yml")):
+        return "test"
+    return "flow"
+
+
+def _import(target: str) -> Any:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live view")
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check", help="validate flow files; exit 1 with path:line:col: message lines")
-    check.add_argument("flows", nargs="+", type=Path)
+    check = sub.add_parser("check", help="validate flows, personas and conversation tests; exit 1 with "
+                                         "path:line:col: message lines, 2 if a file cannot be read")
+    check.add_argument("flows", nargs="+", type=Path, metavar="FILE",
+                       help="a flow; *.persona.yaml or personas/*.yaml: a persona; *.test.yaml: a conversation test")
     check.set_defaults(func=_check)
 
     sim = sub.add_parser("sim", help="serve the local Realtime simulator")
@@ -87,15 +112,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Exit 0: no errors (warnings allowed); 1: a flow has errors; 2: a file cannot be read."""
-    from . import flow as flowmod
+    """Exit 0: no errors (warnings allowed); 1: a file has errors; 2: a file cannot be read."""
     from .source import Unreadable, clean
 
     _printable(sys.stdout, sys.stderr)
     status = 0
     for path in args.flows:
+        kind = file_kind(path)
+        if kind not in CHECKERS:
+            print(f"{clean(str(path))}: cannot check a {kind} file yet", file=sys.stderr)
+            status = max(status, 2)
+            continue
         try:
-            problems = flowmod.check(path)
+            problems = _import(CHECKERS[kind])(path)
         except Unreadable as exc:
             print(clean(str(exc)), file=sys.stderr)
             status = max(status, 2)
@@ -118,8 +147,7 @@ def _schema(args: argparse.Namespace) -> int:
     if target is None:
         print(f"engine schema: the {args.kind} schema is not available yet", file=sys.stderr)
         return 2
-    module, _, function = target.partition(":")
-    make: Callable[[], dict[str, Any]] = getattr(importlib.import_module(module), function)
+    make: Callable[[], dict[str, Any]] = _import(target)
     print(json.dumps(make(), indent=2))
     return 0
 

@@ -244,3 +244,21 @@ def test_the_documented_example_is_a_valid_scenario(tmp_path: Path) -> None:
     assert persona.extends == "a2_hesitant" and persona.candidate.words_per_minute == 90
     assert len(persona.candidate.answers) == 5 and persona.interviewer.tool_calls == []
     assert not list(validator().iter_errors(src.data))
+
+
+def test_engine_schema_persona_prints_the_shipped_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["schema", "--persona"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(SCHEMA_FILE.read_text())
+
+
+def test_engine_check_reads_personas_by_their_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    bad = tmp_path / "alex.persona.yaml"
+    bad.write_text("name: Alex\ncandidate: {answrs: [Hello.]}\n")
+    assert main(["check", str(bad), *map(str, sorted(PERSONA_DIR.glob("*.yaml")))]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{bad}:2:13: unknown key 'answrs' (did you mean 'answers'?)"
+    assert all(line.endswith(": ok") for line in out[1:]) and len(out) == 1 + len(list(PERSONA_DIR.glob("*.yaml")))
