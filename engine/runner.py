@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,22 @@ class Result:
 
 
 class Session:
-    """One interview over one connection. `await Session(...).run()` returns its Result."""
+    """One interview over one connection. `await Session(...).run()` returns its Result.
+
+    Injection points for other drivers (`engine serve`, tests):
+        connect: opens the connection (default: a real WebSocket to `endpoint`).
+        player: a ready `audio.Player` instead of one opened from `audio`; it reports its
+            playback.* events through `deliver()`, and the session closes it at the end.
+        audio_input: candidate pcm16 chunks (24 kHz mono), each relayed as
+            `input_audio_buffer.append`; `live_input=True` without it uses the microphone.
+    """
 
     def __init__(self, flow: Flow, endpoint: Endpoint, *, out: Path, audio: str = "none", speed: float = 1.0,
                  view: PlainView | None = None, sinks: tuple[Sink, ...] = SINKS,
                  jobs: Mapping[str, JobFn] | None = None, session_id: str | None = None,
                  connect: Callable[[Endpoint], Awaitable[Transport]] = Transport.connect,
-                 live_input: bool = False):
+                 live_input: bool = False, player: audiomod.Player | None = None,
+                 audio_input: AsyncIterator[bytes] | None = None):
         self.flow = flow
         self.endpoint = endpoint
         self.speed = speed
@@ -66,6 +75,8 @@ class Session:
         self.job_fns = dict(registry()) if jobs is None else jobs
         self.connect = connect
         self.live_input = live_input
+        self._ready_player = player
+        self._audio_input = audio_input
         self.id = session_id or datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.folder = out / self.id
         self.iv = Interview(flow)
@@ -97,15 +108,22 @@ class Session:
         except EngineError as exc:
             self._end = End(str(exc), "not_completed")
             return await self._finish(None)
-        wav = self.folder / "session.wav" if self.audio_mode == "wav" else None
-        self.player, why = audiomod.open_player(self.audio_mode, self.inbox.put_nowait, loop=loop,
-                                                speed=self.speed, wav_path=wav)
-        if why:
-            self._note(f"audio: {why}")
+        if self._ready_player is not None:
+            self.player = self._ready_player
+        else:
+            wav = self.folder / "session.wav" if self.audio_mode == "wav" else None
+            self.player, why = audiomod.open_player(self.audio_mode, self.deliver, loop=loop,
+                                                    speed=self.speed, wav_path=wav)
+            if why:
+                self._note(f"audio: {why}")
         try:
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(self.transport.reader(self.inbox.put_nowait, self._note))
-                mic = group.create_task(self._microphone(loop)) if self.live_input else None
+                mic = None
+                if self._audio_input is not None:
+                    mic = group.create_task(self._relay(self._audio_input))
+                elif self.live_input:
+                    mic = group.create_task(self._microphone(loop))
                 self.jobs = Jobs(group, self.inbox.put_nowait, self.job_fns)
                 await self._drive()
                 await self.jobs.wait(GRACE)
@@ -117,6 +135,10 @@ class Session:
             interrupted = True
             self._end = End(f"interrupted in state '{self.iv.state}'", "interrupted")
         return await self._finish(self.player, interrupted)
+
+    def deliver(self, event: Event) -> None:
+        """Report an engine event (playback.*) to the session; call it on the event loop's thread."""
+        self.inbox.put_nowait(event)
 
     def now(self) -> float:
         return (self._loop.time() - self._t0) * self.speed  # loop.time() is safe from any thread
@@ -193,8 +215,15 @@ class Session:
         if mic is None:
             self._note(f"microphone: {why}")
             return
+        try:
+            await self._relay(mic.chunks())
+        finally:
+            await mic.aclose()
+
+    async def _relay(self, chunks: AsyncIterator[bytes]) -> None:
+        """Send the candidate's audio to the server as it comes."""
         n = 0
-        async for chunk in mic.chunks():
+        async for chunk in chunks:
             n += 1
             self.player.record_input(chunk)  # --audio wav keeps both sides
             await self.transport.send({"type": "input_audio_buffer.append", "event_id": f"mic_{n}",
