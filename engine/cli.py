@@ -1,26 +1,46 @@
-"""The `engine` console script: run, check, sim, replay, coverage, schema."""
+"""The `engine` console script: run, check, sim, replay, coverage, schema.
+
+Each command imports what it needs when it runs, so `engine --help` starts at once.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import flow as flowmod
-from .errors import FlowError
+if TYPE_CHECKING:
+    from . import flow as flowmod
 
 __all__ = ["main"]
+
+
+class _Signalled(BaseException):
+    """SIGTERM or SIGHUP before a command has its own handlers (like KeyboardInterrupt for SIGINT)."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+def _raise_signalled(number: int, frame: Any) -> None:
+    raise _Signalled(number)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except KeyboardInterrupt:
+        print("engine: interrupted by SIGINT", file=sys.stderr, flush=True)
         return 130
+    except _Signalled as exc:
+        print(f"engine: interrupted by {signal.Signals(exc.number).name}", file=sys.stderr, flush=True)
+        return 128 + exc.number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--faults", default="", help="simulator faults, e.g. shuffle_done,duplicate")
     run.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live view")
+    run.add_argument("--ping-interval", type=float, default=20.0, metavar="S",
+                     help="seconds between keepalive pings to the server (0: none; default 20)")
+    run.add_argument("--ping-timeout", type=float, default=20.0, metavar="S",
+                     help="seconds the server has to answer a ping before the session ends (0: forever; default 20)")
+    run.add_argument("--trace-max-mb", type=float, default=64.0, metavar="MB",
+                     help="size cap of trace.jsonl; past it the trace stops with a final note (default 64)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate flow files; exit 1 with path:line:col: message lines")
@@ -69,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from . import flow as flowmod
+
     status = 0
     for path in args.flows:
         try:
@@ -87,12 +115,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    import json
+
     print(json.dumps(schema(), indent=2))
     return 0
 
 
-def schema() -> dict:
+def schema() -> dict[str, Any]:
     """JSON Schema of the flow format, for editors (yaml-language-server modeline)."""
+    from . import flow as flowmod
+
     out = flowmod.Flow.model_json_schema(by_alias=True)
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     out["title"] = "engine flow"
@@ -101,6 +133,9 @@ def schema() -> dict:
 
 def load_flow_or_report(path: Path) -> flowmod.Flow | None:
     """The flow, or None after printing why it cannot be used (every problem, or unreadable)."""
+    from . import flow as flowmod
+    from .errors import FlowError
+
     try:
         return flowmod.load(path)
     except FlowError as exc:
@@ -111,15 +146,23 @@ def load_flow_or_report(path: Path) -> flowmod.Flow | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _raise_signalled)
+    import asyncio
+
     from .runner import run_session
 
     flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
-    return asyncio.run(run_session(flow, args))
+    status: int = asyncio.run(run_session(flow, args))
+    return status
 
 
 def _sim(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .simulator import run_forever
 
     try:

@@ -119,11 +119,8 @@ class Connection:
         return "" if self.close_rcvd is None else self.close_rcvd.reason
 
     async def send(self, message: str | bytes | Iterable[str | bytes], text: bool | None = None) -> None:
-        parts: Iterable[str | bytes]
-        if isinstance(message, (str, bytes)):
-            parts = (message,)
-        else:
-            parts = message  # fragmented messages arrive joined: only the whole message matters here
+        # A fragmented message (an iterable) arrives as its parts: only whole messages matter here.
+        parts: Iterable[str | bytes] = (message,) if isinstance(message, (str, bytes)) else message
         for part in parts:
             if self._state is not _State.OPEN:
                 await self._wait_closed()

@@ -28,10 +28,11 @@ import asyncio
 import concurrent.futures
 import heapq
 import itertools
+import math
 import selectors
 from collections.abc import Callable, Coroutine, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar, TypeVarTuple, Unpack
+from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = ["VirtualLoop", "Deadlock", "Timeline", "run"]
 
@@ -71,7 +72,9 @@ class _VirtualSelector(selectors.BaseSelector):
         if timeout is None:
             raise Deadlock("every task is waiting and no timer is scheduled")
         if timeout > 0:
-            self._loop._now += timeout
+            # Whole nanoseconds, rounded up: the clock always reaches the timer it waits for, so
+            # code that re-checks `loop.time()` against its target cannot spin a hair short of it.
+            self._loop._ns += max(1, math.ceil(timeout * 1e9))
         return self._real.select(0)  # a wake-up written to the self-pipe, if any
 
     def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
@@ -83,15 +86,15 @@ class _VirtualSelector(selectors.BaseSelector):
 
 class VirtualLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
-        self._now = 0.0
+        self._ns = 0  # the virtual clock, in nanoseconds
         self._threads = 0  # executor jobs not yet handed back
         super().__init__(_VirtualSelector(self))
 
     def time(self) -> float:
-        return self._now
+        return self._ns / 1e9
 
-    def run_in_executor(self, executor: concurrent.futures.Executor | None, func: Callable[[Unpack[Ts]], T],
-                        *args: Unpack[Ts]) -> asyncio.Future[T]:
+    def run_in_executor(self, executor: concurrent.futures.Executor | None, func: Callable[[*Ts], T],
+                        *args: *Ts) -> asyncio.Future[T]:
         future = super().run_in_executor(executor, func, *args)
         self._threads += 1
         future.add_done_callback(self._handed_back)  # runs on the loop, after the result is set
