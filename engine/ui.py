@@ -84,14 +84,14 @@ class LiveView(PlainView):
 
     REFRESH_S = 0.125
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
         from rich.markup import escape
 
         super().__init__(secrets=secrets)
         self._escape = escape
-        self.console = Console()
+        self.console = console or Console()
         self.state = "-"
         self.deadline: float | None = None
         self.jobs: dict[str, str] = {}
@@ -182,7 +182,7 @@ class LiveView(PlainView):
             self._fall_back(exc)
 
     def _fall_back(self, exc: Exception) -> None:
-        self._plain = PlainView(sys.stdout, self.secrets)
+        self._plain = PlainView(self.console.file, self.secrets)  # type: ignore[arg-type]  # a text stream
         with contextlib.suppress(Exception):
             self._live.stop()
         self._plain._line(f"live view failed ({type(exc).__name__}: {exc}); plain lines from now on")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from helpers import load_flow
 from websockets.exceptions import ConnectionClosed
 
 from engine import vloop
@@ -21,8 +22,6 @@ from engine.runner import Session
 from engine.simulator import Simulator
 from engine.trace import read
 from engine.ui import PlainView
-
-from helpers import load_flow
 
 SECRET = "sk-test-never-printed-0123456789"  # sent as the Authorization header to the simulator
 FLOW = load_flow("assessment.yaml")
@@ -84,7 +83,7 @@ class Faulty:
                 "message": "Your session hit the maximum duration of 60 minutes.", "param": None, "event_id": None}}))
             await ws.close(1000)
         else:
-            raise ValueError(how)
+            raise ValueError(self.how)
         if self.how != "freeze":
             raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
 

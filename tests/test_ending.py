@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import websockets
+from driver import FLOW, SECRET, URL, Watch, outputs_agree, run, trace_of
+from helpers import FLOWS, ROOT
 from websockets.asyncio.server import serve
 
 from engine.realtime import Endpoint, Transport
 from engine.runner import Result, Session, exit_code
-
-from driver import FLOW, SECRET, URL, Watch, outputs_agree, run, trace_of
-from helpers import FLOWS, ROOT
 
 # The network ends the connection after this many server frames: mid-interview (the third question).
 MID = 250
@@ -115,17 +114,17 @@ class Breaking(Transport):
 
 
 def test_a_bug_in_a_task_ends_the_session_as_an_internal_error_with_everything_saved(tmp_path, capsys):
+    from engine import vloop
     from engine.realtime import in_process
     from engine.simulator import Simulator
-
-    from engine import vloop
 
     async def main():
         sim = Simulator(seed=1)
         inner = in_process(sim._handle)
 
         async def connect(endpoint):
-            return Breaking(await inner(endpoint), 200, f"'ClientConnection' object has no attribute 'close_rcvd' {SECRET}")
+            message = f"'ClientConnection' object has no attribute 'close_rcvd' {SECRET}"
+            return Breaking(await inner(endpoint), 200, message)
 
         session = Session(FLOW, Endpoint(URL, api_key=SECRET, simulated=True), out=tmp_path, view=Watch(),
                           connect=connect)
@@ -133,7 +132,8 @@ def test_a_bug_in_a_task_ends_the_session_as_an_internal_error_with_everything_s
 
     result = vloop.run(main())
     assert result.outcome == "error" and not result.ok
-    assert result.reason == "internal error: AttributeError: 'ClientConnection' object has no attribute 'close_rcvd' ***"
+    assert result.reason == ("internal error: AttributeError: "
+                             "'ClientConnection' object has no attribute 'close_rcvd' ***")
     report = outputs_agree(result.folder, outcome="error")
     assert report["turns"]  # nothing gathered was lost
     notes = [line["note"] for line in trace_of(result) if "note" in line]
@@ -160,14 +160,14 @@ class Exploding:
 
 
 def test_a_bug_in_the_core_ends_the_session_as_an_internal_error(tmp_path):
+    from engine import vloop
     from engine.realtime import in_process
     from engine.simulator import Simulator
 
-    from engine import vloop
-
     async def main():
         sim = Simulator(seed=1)
-        session = Session(FLOW, Endpoint(URL, simulated=True), out=tmp_path, view=Watch(), connect=in_process(sim._handle))
+        session = Session(FLOW, Endpoint(URL, simulated=True), out=tmp_path, view=Watch(),
+                          connect=in_process(sim._handle))
         session.iv = Exploding(session.iv, 300)
         return await session.run()
 
@@ -213,14 +213,14 @@ def test_interrupt_ends_the_interview_and_a_second_one_skips_outputs_not_yet_beg
             def second():  # the second signal, once the slow output has begun
                 assert started.wait(30)
                 holder["loop"].call_soon_threadsafe(holder["session"].interrupt, "SIGTERM")
+                assert holder["session"]._hurry.wait(30)  # the loop has taken the second signal
                 release.set()
             threading.Thread(target=second, daemon=True).start()
 
+    from engine import vloop
     from engine.realtime import in_process
     from engine.simulator import Simulator
     from engine.sinks import SINKS
-
-    from engine import vloop
 
     async def main():
         holder["loop"] = asyncio.get_running_loop()

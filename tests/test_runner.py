@@ -3,13 +3,14 @@ connections on the virtual-time loop (no wall time passes); a few go over a real
 127.0.0.1 at high speed."""
 
 import asyncio
-import io
 import json
 import sqlite3
 import threading
 from typing import Annotated
 
 import pytest
+from driver import FLOW, SECRET, URL, Watch, fired_path, outputs_agree, run, sent_events, serving, trace_of
+from helpers import FLOWS
 from pydantic import Field, TypeAdapter
 
 from engine import vloop
@@ -17,9 +18,6 @@ from engine.realtime import Endpoint, Transport, choose_endpoint, in_process
 from engine.runner import Session
 from engine.simulator import BargeIn, Simulator, load_persona, simulator
 from engine.sinks import SINKS
-
-from driver import FLOW, SECRET, URL, Watch, fired_path, outputs_agree, run, sent_events, serving, trace_of
-from helpers import FLOWS
 
 PERSONA = load_persona(FLOWS / "personas" / "default.yaml")
 
@@ -203,11 +201,11 @@ def test_no_dead_air_and_no_overlap_between_ack_summary_and_goodbye(barge_in_ses
         if engine and engine["type"] in ("playback.started", "playback.done"):
             heard.setdefault(engine["response_id"], []).append(line["t"])
     spans = sorted(v for v in heard.values() if len(v) == 2)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 1e-6, "two responses' audio overlapped"
     # The last three responses (ack, summary, goodbye) follow each other with gaps of network and
     # model cost only (the simulator's 0.2-0.6 s to first audio), not a wait for the previous audio.
-    gaps = [round(start - end, 2) for (_, end), (start, _) in zip(spans[-3:], spans[-2:])]
+    gaps = [round(start - end, 2) for (_, end), (start, _) in zip(spans[-3:], spans[-2:], strict=False)]
     assert all(g < 0.7 for g in gaps), gaps
 
 
