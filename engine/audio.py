@@ -371,7 +371,12 @@ class VirtualPlayer(_Notes):
                 n = pcm if isinstance(pcm, int) else len(pcm)  # int: only the length was fed
                 start = max(now + self._latency, self._cursor)
                 self._cursor = start + n / (BYTES_PER_S * self._speed)
-                self._segs.append((start, self._cursor, r.id, item, n))
+                last = self._segs[-1] if self._segs else None
+                if last is not None and last[1] == start and last[2] == r.id and last[3] == item:
+                    # Back to back with the chunk before: one segment (a response is ~100 deltas).
+                    self._segs[-1] = (last[0], self._cursor, r.id, item, last[4] + n)
+                else:
+                    self._segs.append((start, self._cursor, r.id, item, n))
                 if self._rec and not isinstance(pcm, int):
                     self._rec.add(start, pcm)
                 if not r.bytes:

@@ -48,6 +48,7 @@ __all__ = ["Session", "Result", "run_session", "check_out", "exit_code"]
 T = TypeVar("T")
 GRACE = 10.0  # seconds of wall time that jobs and each step of the finish get
 HURRIED = 1.0  # ... once the finish has been interrupted again
+_TICK = "engine.tick"  # the core's deadline has come (never shown to the core)
 SIGNALS: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
@@ -125,6 +126,8 @@ class Session:
         self.transport: Transport | None = None
         self._end: End | None = None
         self._closed: str | None = None  # how the connection ended, once it has
+        self._armed: float | None = None  # the deadline the timer is set for
+        self._timer: asyncio.TimerHandle | None = None
         self._signal: str | None = None
         self._task: asyncio.Task[None] | None = None  # the interview, until the finish
         self._finishing = False
@@ -257,38 +260,56 @@ class Session:
         self._collect_late_results()
 
     async def _drive(self) -> None:
+        """Events and deadlines both arrive through the inbox: one timer, moved only when the
+        core's next deadline changes, puts a tick there (audio deltas come dozens a second; a
+        timeout armed and cancelled around every wait would cost more than the event)."""
         self.trace.start(0.0)
         await self._execute(self.iv.start(0.0), 0.0)
         inbox = self.inbox
-        while not self.iv.done:
-            deadline = self.iv.next_deadline()
-            if inbox.empty():
-                if deadline is None and self._closed is not None:
-                    # Nothing can come any more: the flow handled session.closed but waits on.
-                    self._end = End(f"connection closed in state '{self.iv.state}' and the flow waits for "
-                                    f"nothing that can still come: {self._closed}", "not_completed")
-                    return
-                when = None if deadline is None else self._t0 + deadline / self.speed
-                try:
-                    async with asyncio.timeout_at(when):
-                        event = await inbox.get()
-                except TimeoutError:
+        try:
+            while not self.iv.done:
+                self._arm(self.iv.next_deadline())
+                if inbox.empty():
+                    if self._closed is not None and self._armed is None:
+                        # Nothing can come any more: the flow handled session.closed but waits on.
+                        self._end = End(f"connection closed in state '{self.iv.state}' and the flow waits for "
+                                        f"nothing that can still come: {self._closed}", "not_completed")
+                        return
+                    event = await inbox.get()
+                else:
+                    event = inbox.get_nowait()
+                if event.type == _TICK:
+                    deadline = event.data["deadline"]
+                    if deadline != self.iv.next_deadline():
+                        continue  # armed for a deadline that has moved since
                     # The loop may wake a hair early (clock resolution): the deadline has passed.
-                    now = max(self.now(), deadline or 0.0)
+                    now = max(self.now(), deadline)
                     self.trace.advance(now)
                     await self._execute(self.iv.advance(now), now)
                     continue
-            else:  # the hot path (audio deltas): no timer to arm when an event is waiting
-                event = inbox.get_nowait()
-            now = self.now()
-            self._observe(now, event)
-            try:
-                effects = self.iv.receive(event, now)
-            except RemoteProtocolError as exc:  # a malformed event: the core refused it, nothing changed
-                self.stats["skipped"] += 1
-                self._note(f"skipped a malformed {event.type}: {exc}")
-                continue
-            await self._execute(effects, now)
+                now = self.now()
+                self._observe(now, event)
+                try:
+                    effects = self.iv.receive(event, now)
+                except RemoteProtocolError as exc:  # a malformed event: the core refused it, nothing changed
+                    self.stats["skipped"] += 1
+                    self._note(f"skipped a malformed {event.type}: {exc}")
+                    continue
+                await self._execute(effects, now)
+        finally:
+            self._arm(None)
+
+    def _arm(self, deadline: float | None) -> None:
+        """Have a tick put on the inbox at `deadline` (session time), replacing the one armed."""
+        if deadline == self._armed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed = deadline
+        if deadline is not None:
+            tick = Event(_TICK, data={"deadline": deadline})
+            self._timer = self._loop.call_at(self._t0 + deadline / self.speed, self.inbox.put_nowait, tick)
 
     def _observe(self, now: float, event: Event) -> None:
         self.stats["events"] += 1
@@ -393,7 +414,9 @@ class Session:
         if self._saves:
             await self._bounded(asyncio.gather(*self._saves, return_exceptions=True), GRACE)
         self.trace.flush()
-        final = await self._bounded(save_all(self.record(end), self.folder, self.sinks, hurry=self._hurry), GRACE)
+        record = self._final_record(end)
+        end = self._end  # an internal error while building the record replaced it
+        final = await self._bounded(save_all(record, self.folder, self.sinks, hurry=self._hurry), GRACE)
         if final.done() and not final.cancelled():
             written, failed = final.result()
         else:
@@ -414,6 +437,20 @@ class Session:
         self.view.stop()
         return Result(end.ok, end.reason, self.folder, self.iv.state, outputs, self.failures, dict(self.stats),
                       end.outcome, self._signal)
+
+    def _final_record(self, end: End) -> dict[str, Any]:
+        """The record; if building it fails (a bug), the parts that cannot fail, saying so."""
+        try:
+            return self.record(end)
+        except Exception as exc:
+            self._internal_error(exc)
+            assert self._end is not None
+            return {"session": self.id, "flow": self.flow.name, "flow_path": self.flow.path,
+                    "started": self._started, "ended": _now_iso(), "duration_s": round(self.now(), 3),
+                    "endpoint": self.endpoint.kind, "final_state": str(self.iv.state), "outcome": "error",
+                    "ok": False, "reason": self._end.reason, "counts": dict.fromkeys(
+                        ("responses", "answers", "timeouts", "stale", "skipped", "collisions", "server_errors",
+                         "events"), 0), "turns": [], "results": {}}
 
     async def _bounded(self, aw: Awaitable[T], timeout: float) -> asyncio.Future[T]:
         """Wait for one step of the finish, at most `timeout` seconds. Being cancelled meanwhile is

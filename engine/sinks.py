@@ -17,12 +17,14 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3  # imported where it is used, in the outputs' thread: not on the start-up path
 
 __all__ = ["Record", "Sink", "SINKS", "save_all", "atomic_write", "transcript_md", "report_md", "SCHEMA_VERSION",
            "migrate"]
@@ -183,6 +185,8 @@ def _text(value: Any) -> Any:
 
 
 def write_sqlite(record: Record, folder: Path) -> Path:
+    import sqlite3
+
     db = folder.parent / "sessions.sqlite"
     overall = ((record.get("results") or {}).get("assessment") or {}).get("overall") or {}
     counts = record.get("counts") or {}
@@ -199,7 +203,9 @@ def write_sqlite(record: Record, folder: Path) -> Path:
     try:
         if new:
             os.chmod(db, FILE_MODE)
-        conn.execute("pragma journal_mode = wal")  # readers (an operator's view) never block a session
+        if conn.execute("pragma user_version").fetchone()[0] != SCHEMA_VERSION:
+            # Once per file (it stays set): readers, such as an operator's view, never block a session.
+            conn.execute("pragma journal_mode = wal")
         conn.execute("pragma synchronous = normal")
         conn.execute("begin immediate")  # take the write lock first: migrate and write as one
         try:

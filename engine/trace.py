@@ -39,8 +39,8 @@ __all__ = ["TraceWriter", "read", "flow_identity", "event_record", "event_from_r
 FORMAT = "engine-trace/2"
 MAX_BYTES = 64 * 2**20
 SUMMARISE_AFTER = 1000  # lines per type written one by one before counting starts
-BATCH_BYTES = 32 * 1024  # written in one call once this much is buffered...
-BATCH_S = 2.0  # ...or this much session time has passed since the last write
+BATCH_BYTES = 8 * 1024  # written in one call once this much is buffered (a few a second)...
+BATCH_S = 1.0  # ...or this much session time has passed since the last write
 RESERVE_BYTES = 2 * 2**20  # free disk space the trace leaves for the reports
 _TAIL = 4096  # room kept under max_bytes for the closing lines
 
@@ -57,12 +57,12 @@ def redact(text: str, secrets: str | Iterable[str] | None) -> str:
 
 
 def event_record(event: Event) -> dict[str, Any]:
-    if "type" in event.data:  # as received from the server
-        raw = dict(event.data)
-        if event.type == "response.output_audio.delta" and isinstance(raw.get("delta"), str):
-            audio = raw["delta"]
-            raw["delta"] = {"len": len(audio), "pad": audio[-2:].count("=")}
-        return {"server": raw}
+    data = event.data
+    if "type" in data:  # as received from the server
+        audio = data.get("delta") if event.type == "response.output_audio.delta" else None
+        if isinstance(audio, str):
+            return {"server": {**data, "delta": {"len": len(audio), "pad": audio[-2:].count("=")}}}
+        return {"server": data}  # written as it is, never changed
     fields = {"type": event.type, "response_id": event.response_id, "item_id": event.item_id,
               "call_id": event.call_id, "data": dict(event.data)}
     return {"engine": {k: v for k, v in fields.items() if v not in (None, {})}}
@@ -81,12 +81,20 @@ def event_from_record(record: dict[str, Any]) -> Event:
 
 
 def effect_record(effect: Effect) -> dict[str, Any]:
-    fields = {f.name: getattr(effect, f.name) for f in dataclasses.fields(effect)}
-    if isinstance(effect, Play):
-        fields["audio"] = len(effect.audio)
+    if type(effect) is Play:  # one per audio delta: the short way
+        return {"effect": "Play", "response_id": effect.response_id, "item_id": effect.item_id,
+                "audio": len(effect.audio)}
+    kind = type(effect)
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(effect))
+    fields = {name: getattr(effect, name) for name in names}
     if "event" in fields and not isinstance(fields["event"], str):
         fields["event"] = dict(fields["event"])
-    return {"effect": type(effect).__name__, **fields}
+    return {"effect": kind.__name__, **fields}
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}  # field names per effect type (dataclasses.fields is slow)
 
 
 def flow_identity(path: str) -> dict[str, str]:
