@@ -245,7 +245,7 @@ def engine_run(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("OPENAI_API_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "engine", "run", str(FLOWS / "assessment.yaml"), "--no-ui",
-                             "--audio", "none", "--speed", "20", "--out", str(out), *extra],
+                             "--audio", "none", "--speed", "40", "--out", str(out), *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

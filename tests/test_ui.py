@@ -5,6 +5,7 @@ import io
 
 from rich.console import Console
 
+from engine import vloop
 from engine.effects import End, Fired
 from engine.events import Event
 from engine.ui import LiveView, PlainView
@@ -59,12 +60,12 @@ def test_a_live_view_that_fails_goes_on_as_plain_lines():
 
     async def main():
         view.start("title", lambda: 0.0)
-        for i in range(30):  # refreshes happen between these
+        for i in range(30):  # the view refreshes itself between these (virtual time)
             view.event(0.1 * i, Event("input.transcript", data={"transcript": f"answer {i}"}))
             await asyncio.sleep(0.05)
         view.stop()
 
-    asyncio.run(main())
+    vloop.run(main())
     assert view._plain is not None
     text = out.getvalue()
     assert "live view failed (UnicodeEncodeError" in text and "plain lines from now on" in text
