@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import websockets
-from driver import FLOW, SECRET, URL, Watch, outputs_agree, run, trace_of
+from driver import FLOW, SECRET, URL, Watch, outputs_agree, run, serving, trace_of
 from helpers import FLOWS, ROOT
 from websockets.asyncio.server import serve
 
@@ -33,7 +33,7 @@ MID = 250
 ])
 def test_each_way_a_connection_ends_saves_everything(tmp_path, how, reason):
     result, _, _ = run(tmp_path, ending=(how, MID))
-    assert result.outcome == "not_completed" and not result.ok
+    assert result.outcome == "not_completed" and not result.ok and exit_code(result) == 1
     assert result.reason.startswith("connection closed in state '") and result.reason.endswith(reason)
     report = outputs_agree(result.folder, outcome="not_completed")
     assert [t["role"] for t in report["turns"]][:2] == ["interviewer", "candidate"]  # what was said is kept
@@ -120,7 +120,7 @@ def test_a_bug_in_a_task_ends_the_session_as_an_internal_error_with_everything_s
 
     async def main():
         sim = Simulator(seed=1)
-        inner = in_process(sim._handle)
+        inner = in_process(serving(sim))
 
         async def connect(endpoint):
             message = f"'ClientConnection' object has no attribute 'close_rcvd' {SECRET}"
@@ -131,7 +131,7 @@ def test_a_bug_in_a_task_ends_the_session_as_an_internal_error_with_everything_s
         return await session.run()
 
     result = vloop.run(main())
-    assert result.outcome == "error" and not result.ok
+    assert result.outcome == "error" and not result.ok and exit_code(result) == 1
     assert result.reason == ("internal error: AttributeError: "
                              "'ClientConnection' object has no attribute 'close_rcvd' ***")
     report = outputs_agree(result.folder, outcome="error")
@@ -167,7 +167,7 @@ def test_a_bug_in_the_core_ends_the_session_as_an_internal_error(tmp_path):
     async def main():
         sim = Simulator(seed=1)
         session = Session(FLOW, Endpoint(URL, simulated=True), out=tmp_path, view=Watch(),
-                          connect=in_process(sim._handle))
+                          connect=in_process(serving(sim)))
         session.iv = Exploding(session.iv, 300)
         return await session.run()
 
@@ -226,7 +226,7 @@ def test_interrupt_ends_the_interview_and_a_second_one_skips_outputs_not_yet_beg
         holder["loop"] = asyncio.get_running_loop()
         sim = Simulator(seed=1)
         session = holder["session"] = Session(FLOW, Endpoint(URL, simulated=True), out=tmp_path, view=Interrupting(),
-                                              connect=in_process(sim._handle), sinks=(slow, *SINKS))
+                                              connect=in_process(serving(sim)), sinks=(slow, *SINKS))
         return await session.run()
 
     result = vloop.run(main())

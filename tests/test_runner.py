@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter
 
 from engine import vloop
 from engine.realtime import Endpoint, Transport, choose_endpoint, in_process
-from engine.runner import Session
+from engine.runner import Session, exit_code
 from engine.simulator import BargeIn, Simulator, load_persona, simulator
 from engine.sinks import SINKS
 
@@ -25,7 +25,7 @@ PERSONA = load_persona(FLOWS / "personas" / "default.yaml")
 def test_clean_interview_end_to_end(tmp_path):
     result, stats, _ = run(tmp_path)
     assert result.ok and result.state == "done" and result.reason == "reached final state 'done'"
-    assert result.outcome == "completed" and not result.failures
+    assert result.outcome == "completed" and not result.failures and exit_code(result) == 0
     assert stats.collisions == 0 and stats.injected_collisions == 0
     report = outputs_agree(result.folder, outcome="completed")
     answers = [t["text"] for t in report["turns"] if t["role"] == "candidate"]
@@ -263,7 +263,7 @@ def test_a_session_with_no_turns_writes_every_output(tmp_path):
     endpoint = Endpoint("ws://127.0.0.1:9/v1/realtime", api_key="sk-secret-456")
     session = Session(FLOW, endpoint, out=tmp_path, view=Watch(), jobs={})
     result = asyncio.run(session.run())
-    assert not result.ok and result.outcome == "not_completed"
+    assert not result.ok and result.outcome == "not_completed" and exit_code(result) == 1
     assert result.reason.startswith("cannot connect to ws://127.0.0.1:9/v1/realtime")
     report = outputs_agree(result.folder, outcome="not_completed")
     assert report["turns"] == [] and "*(no turns)*" in (result.folder / "report.md").read_text()
