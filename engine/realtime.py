@@ -170,10 +170,13 @@ class Transport:
                 closed = exc
                 break
             try:
-                put(parse(frame))
-            except RemoteProtocolError as error:
+                event = parse(frame)
+            except (RemoteProtocolError, RecursionError) as error:  # RecursionError: JSON nested too deep
                 self.skipped += 1
-                note(f"skipped a bad frame: {redact(str(error), self._secrets)}")
+                why = str(error) if isinstance(error, RemoteProtocolError) else "JSON nested too deep"
+                note(f"skipped a bad frame: {redact(why, self._secrets)}")
+                continue
+            put(event)
         reason, code = self._why(closed)
         put(Event("session.closed", data={"reason": reason, "code": code}))
 

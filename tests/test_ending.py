@@ -336,3 +336,22 @@ def test_websockets_close_api_is_public():
     """The transport reads only the exception's rcvd/sent: the attributes websockets documents."""
     exc = websockets.exceptions.ConnectionClosedError(None, None)
     assert exc.rcvd is None and exc.sent is None
+
+
+def test_frames_that_are_not_events_are_skipped_and_counted():
+    """Not JSON, not an object, nested too deep for the parser: each noted once, the reader goes on."""
+    from engine import loopback, vloop
+
+    async def main():
+        client, server = loopback.pair()
+        transport = Transport(client)
+        for frame in ("{not json", "[1, 2]", "[" * 100_000 + "]" * 100_000, '{"type": "session.created"}'):
+            await server.send(frame)
+        await server.close()
+        events, notes = [], []
+        await transport.reader(events.append, notes.append)
+        return [e.type for e in events], notes, transport.skipped
+
+    types, notes, skipped = vloop.run(main())
+    assert types == ["session.created", "session.closed"] and skipped == 3
+    assert notes[-1] == "skipped a bad frame: JSON nested too deep"
