@@ -99,7 +99,7 @@ def test_a_full_tmpfs_leaves_room_for_the_reports(tmp_path):
     copy = tmp_path / "copy"  # the reports are copied out before the mount goes away
     script = ('mount -t tmpfs -o size=2150k tmpfs "$0" && "$@"; status=$?; cp -r "$0" "$COPY"; exit $status')
     command = [sys.executable, "-m", "engine", "run", str(FLOWS / "assessment.yaml"), "--no-ui", "--audio", "none",
-               "--speed", "60", "--out", str(out)]
+               "--speed", "60", "--out", str(out), "--persona", str(ROOT / "benchmarks" / "personas" / "short.yaml")]
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(out), *command],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COPY": str(copy)})
     if "mount:" in proc.stderr or "unshare:" in proc.stderr:
