@@ -162,13 +162,14 @@ class Session:
 
     def interrupt(self, why: str) -> None:
         """Stop the session (a signal, a server shutting down): the interview ends as interrupted
-        and its outputs are saved. During the finish, a second call stops waiting for outputs not
-        yet begun (the one being written is finished)."""
+        and its outputs are saved. After the flow has ended it only stops the wait for late jobs;
+        during the finish, a further call stops waiting for outputs not yet begun (the one being
+        written is finished)."""
         if self._finishing:
             self._hurry.set()
             return
-        self._signal = self._signal or why
-        if self._end is None:
+        if self._end is None:  # (once the flow has ended, a signal only cuts the wait for late jobs)
+            self._signal = why
             self._end = self._interrupted(why)
         if self._task is not None:
             self._task.cancel()
@@ -511,7 +512,8 @@ _LABELS = {"completed": "completed", "completed_degraded": "completed (degraded)
 
 
 def exit_code(result: Result) -> int:
-    """0 completed, 1 not completed (or failed), 128 + N after signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
+    """0 completed, 1 not completed (or failed), 128 + N when signal N stopped the interview (130
+    SIGINT, 143 SIGTERM, 129 SIGHUP). A signal that came after the flow had ended changes nothing."""
     if result.signal is not None:
         number = next((int(n) for n, name in SIGNALS.items() if name == result.signal), None)
         if number is not None:
