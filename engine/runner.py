@@ -46,7 +46,8 @@ from .ui import PlainView, make_view
 __all__ = ["Session", "Result", "run_session", "check_out", "exit_code"]
 
 T = TypeVar("T")
-GRACE = 10.0  # seconds of wall time that jobs and each step of the finish get
+GRACE = 10.0  # seconds of wall time that late jobs, the player and the hang-up get at the end
+OUTPUTS_WAIT = 60.0  # ... and the outputs (queued behind other sessions' on a busy server)
 HURRIED = 1.0  # ... once the finish has been interrupted again
 _TICK = "engine.tick"  # the core's deadline has come (never shown to the core)
 SIGNALS: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
@@ -413,15 +414,15 @@ class Session:
         self.view.finishing(self.now(), end)
         # Saves already writing finish first, so none can overwrite the final one.
         if self._saves:
-            await self._bounded(asyncio.gather(*self._saves, return_exceptions=True), GRACE)
+            await self._bounded(asyncio.gather(*self._saves, return_exceptions=True), OUTPUTS_WAIT)
         self.trace.flush()
         record = self._final_record(end)
         end = self._end  # an internal error while building the record replaced it
-        final = await self._bounded(save_all(record, self.folder, self.sinks, hurry=self._hurry), GRACE)
+        final = await self._bounded(save_all(record, self.folder, self.sinks, hurry=self._hurry), OUTPUTS_WAIT)
         if final.done() and not final.cancelled():
             written, failed = final.result()
         else:
-            written, failed = [], [f"outputs not finished within {GRACE:g} s (still writing in the background)"]
+            written, failed = [], [f"outputs not finished within {OUTPUTS_WAIT:g} s (still writing in the background)"]
         self._failed(failed)
         # Then the player (its WAV is an output too) and the connection.
         hurried = HURRIED if self._hurry.is_set() else GRACE

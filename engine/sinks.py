@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import queue
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -229,25 +230,39 @@ def write_sqlite(record: Record, folder: Path) -> Path:
 SINKS: tuple[Sink, ...] = (report_json, write_transcript, write_report_md, write_sqlite)
 
 
-class _DaemonThreads(concurrent.futures.Executor):
-    """One daemon thread per call: a sink stuck on a dead disk never keeps the process from exiting."""
+class _Writers(concurrent.futures.Executor):
+    """A few daemon threads that write outputs, shared by every session of the process: a bounded
+    number of threads competes with the event loop for the GIL however many sessions save at once,
+    and a writer stuck on a dead disk never keeps the process from exiting."""
+
+    def __init__(self, threads: int):
+        self._threads = threads
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((future, lambda: fn(*args, **kwargs)))
+        with self._lock:
+            if self._started < self._threads:  # threads start as they are first needed
+                self._started += 1
+                threading.Thread(target=self._work, name="engine outputs", daemon=True).start()
+        return future
 
-        def run() -> None:
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            future, call = job
             if not future.set_running_or_notify_cancel():
-                return
+                continue
             try:
-                future.set_result(fn(*args, **kwargs))
+                future.set_result(call())
             except BaseException as exc:
                 future.set_exception(exc)
 
-        threading.Thread(target=run, name="engine outputs", daemon=True).start()
-        return future
 
-
-_WORKERS = _DaemonThreads()
+_WORKERS = _Writers(threads=2)
 
 
 def _run_sinks(record: Record, folder: Path, sinks: tuple[Sink, ...],

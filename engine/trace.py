@@ -100,9 +100,10 @@ _FIELDS: dict[type, tuple[str, ...]] = {}  # field names per effect type (datacl
 def flow_identity(path: str) -> dict[str, str]:
     """Where the flow came from and a hash of its text, so a replay can tell it has changed."""
     file = Path(path)
-    if not file.is_file():
+    try:
+        return {"flow": str(file.resolve()), "flow_sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+    except OSError:  # gone or unreadable since it was loaded: the trace still names it
         return {"flow": path}
-    return {"flow": str(file.resolve()), "flow_sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
 
 
 def _known(kind: str) -> bool:
