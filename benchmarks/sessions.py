@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,7 @@ async def step(n: int, url: str, flow: flowmod.Flow, speed: float, cap_s: float,
         "errors": errors[:3], "failed_reasons": reasons,
         "collisions": sum(r.stats.get("collisions", 0) for r, _ in finished),
         "sink_failures": sum(len(r.failures) for r, _ in finished),
+        "sink_failure_kinds": dict(Counter(f.split(":")[0][:60] for r, _ in finished for f in r.failures)),
         "wall_s": wall, "cpu_s": cpu, "cpu_per_session_s": cpu_per_session,
         "session_s_mean": session_s, "cpu_share_per_session": cpu_per_session / session_s if durations else float("nan"),
         "lag_p50_ms": pct(window, 50) * 1000, "lag_p99_ms": pct(window, 99) * 1000,
