@@ -328,7 +328,8 @@ def profile_step(n: int, speed: float, cap_s: float) -> str:
 
 def table(report: dict[str, Any]) -> str:
     rows = ["| load | N | interviews finished ok | lag p50 | lag p99 | lag max | CPU / interview | "
-            "CPU share / interview | RSS / session | interview length | simulator CPU | collisions | load (1 min) before |",
+            "CPU share / interview | RSS / session | interview length | simulator CPU | collisions | "
+            "load (1 min) before |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["steps"]:
         rows.append(f"| {s['mode']} | {s['n']} | {s['ok']}/{s['sessions']} | {s['lag_p50_ms']:.1f} ms | "
