@@ -21,7 +21,7 @@ against the SAME simulated server, network, candidate, assessment job and speake
                    server (only for this row) queues it until the previous response is done, so
                    generation starts at the earliest instant the protocol could allow
 
-How time works: everything runs on `benchmarks.vloop.VirtualLoop`, a stock asyncio event loop
+How time works: everything runs on `engine.vloop.VirtualLoop`, a stock asyncio event loop
 whose clock jumps to the next timer whenever all tasks wait (no wall time passes). (a)-(c) are
 real asyncio code as people write it; (d)/(e) drive the real core through a loop modelled on
 engine/runner.py; the world (server, network, candidate, speaker) is callbacks on the same loop.
@@ -70,7 +70,7 @@ from engine.effects import CancelJob, End, EndAudio, Play, Send, StartJob, StopP
 from engine.events import Event, normalise
 from engine.interview import Interview
 
-from .vloop import Deadlock, Timeline, VirtualLoop
+from engine.vloop import Deadlock, Timeline, VirtualLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_FLOW = ROOT / "flows" / "assessment.yaml"

@@ -2,6 +2,9 @@
 
 The core is sans-I/O: events and time in, effects out (`Interview`); drivers own sockets, sound,
 threads and files.
+
+The names below are imported on first use, so `engine --help` and other light commands do not
+pay for pydantic and transitions.
 """
 
 from __future__ import annotations
@@ -9,9 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import EngineError, FlowError, LocalProtocolError, ProtocolError, RemoteProtocolError, TemplateError
-
 if TYPE_CHECKING:
+    from .errors import EngineError, FlowError, LocalProtocolError, ProtocolError, RemoteProtocolError, TemplateError
     from .events import Event
     from .flow import Flow, load
     from .interview import Interview
@@ -29,12 +31,16 @@ __all__ = [
     "load",
 ]
 
-# Imported on first use: `engine --help` and `engine check` need neither the core nor pydantic's
-# model building of modules they do not use (PEP 562).
-_LAZY = {"Event": "events", "Flow": "flow", "load": "flow", "Interview": "interview"}
+_WHERE = {
+    "EngineError": "errors", "FlowError": "errors", "LocalProtocolError": "errors", "ProtocolError": "errors",
+    "RemoteProtocolError": "errors", "TemplateError": "errors", "Event": "events", "Flow": "flow", "load": "flow",
+    "Interview": "interview",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,4 +1,7 @@
-"""The `engine` console script: run, check, sim, replay, coverage, schema."""
+"""The `engine` console script: run, check, sim, replay, coverage, schema.
+
+Each command imports what it needs when it runs, so `engine --help` starts at once.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +50,18 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), function)
 
 
+class _Signalled(BaseException):
+    """SIGTERM or SIGHUP before a command has its own handlers (like KeyboardInterrupt for SIGINT)."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+def _raise_signalled(number: int, frame: Any) -> None:
+    raise _Signalled(number)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -53,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         status: int = args.func(args)
         return status
     except KeyboardInterrupt:
+        print("engine: interrupted by SIGINT", file=sys.stderr, flush=True)
         return 130
+    except _Signalled as exc:
+        print(f"engine: interrupted by {signal.Signals(exc.number).name}", file=sys.stderr, flush=True)
+        return 128 + exc.number
     except BrokenPipeError:  # `engine schema | head`: the reader left; no traceback at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -74,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--faults", default="", help="simulator faults, e.g. shuffle_done,duplicate")
     run.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live view")
+    run.add_argument("--ping-interval", type=float, default=20.0, metavar="S",
+                     help="seconds between keepalive pings to the server (0: none; default 20)")
+    run.add_argument("--ping-timeout", type=float, default=20.0, metavar="S",
+                     help="seconds the server has to answer a ping before the session ends (0: forever; default 20)")
+    run.add_argument("--trace-max-mb", type=float, default=64.0, metavar="MB",
+                     help="size cap of trace.jsonl; past it the trace stops with a final note (default 64)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate flows, personas and conversation tests; exit 1 with "
@@ -175,6 +201,9 @@ def load_flow_or_report(path: Path) -> flowmod.Flow | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _raise_signalled)
     import asyncio
 
     from .runner import run_session
@@ -182,7 +211,8 @@ def _run(args: argparse.Namespace) -> int:
     flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
-    return asyncio.run(run_session(flow, args))
+    status: int = asyncio.run(run_session(flow, args))
+    return status
 
 
 def _sim(args: argparse.Namespace) -> int:
