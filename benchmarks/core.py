@@ -381,11 +381,13 @@ def engine_features(flow: flowmod.Flow) -> dict[str, Any]:
     iv = Interview(flow)
     seen = getattr(iv, "_seen_ids", None)
     return {
-        "duplicate_check": "set" if hasattr(iv, "_seen_set") or isinstance(seen, (set, dict)) else "linear scan",
+        "duplicate_check": "hashes (two generations)" if hasattr(iv, "_recent") else
+                           "set" if hasattr(iv, "_seen_set") or isinstance(seen, (set, dict)) else "linear scan",
         "event_frozen": bool(dataclasses.is_dataclass(Event) and Event.__dataclass_params__.frozen),
         "play_frozen": bool(dataclasses.is_dataclass(Play) and Play.__dataclass_params__.frozen),
         "hot_path": "HIGH_RATE" in vars(interview_mod) or hasattr(iv, "_due"),
         "hangup_wait_s": getattr(interview_mod, "HANGUP_WAIT", None),
+        "machine": "shared per flow" if hasattr(iv, "_flow") else "built per session",
     }
 
 

@@ -21,7 +21,7 @@ against the SAME simulated server, network, candidate, assessment job and speake
                    server (only for this row) queues it until the previous response is done, so
                    generation starts at the earliest instant the protocol could allow
 
-How time works: everything runs on `benchmarks.vloop.VirtualLoop`, a stock asyncio event loop
+How time works: everything runs on `engine.vloop.VirtualLoop`, a stock asyncio event loop
 whose clock jumps to the next timer whenever all tasks wait (no wall time passes). (a)-(c) are
 real asyncio code as people write it; (d)/(e) drive the real core through a loop modelled on
 engine/runner.py; the world (server, network, candidate, speaker) is callbacks on the same loop.
@@ -70,7 +70,7 @@ from engine.effects import CancelJob, End, EndAudio, Play, Send, StartJob, StopP
 from engine.events import Event, normalise
 from engine.interview import Interview
 
-from .vloop import Deadlock, Timeline, VirtualLoop
+from engine.vloop import Deadlock, Timeline, VirtualLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_FLOW = ROOT / "flows" / "assessment.yaml"
@@ -308,10 +308,14 @@ class World:
                                                    "item_id": "item_user", "audio_end_ms": 0}, "vad")
             self.timeline.at(stopped, self._emit, {"type": "input_audio_buffer.committed", "item_id": "item_user",
                                                    "previous_item_id": None}, "vad")
+            self.timeline.at(stopped, self._committed)
             self.timeline.at(stopped + self.sc.transcription_s, self._transcribed)
 
-    def _transcribed(self) -> None:
+    def _committed(self) -> None:
+        # The model hears the committed audio: it can answer it before any transcript exists.
         self._answered = True
+
+    def _transcribed(self) -> None:
         self._emit({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_user",
                     "content_index": 0, "transcript": "I hope to get a better position in my company."}, "vad")
 

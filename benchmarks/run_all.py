@@ -107,7 +107,7 @@ def render(results: dict[str, Any], svg_name: str, quick: bool) -> str:
     add("The end of the example interview (flows/assessment.yaml): question, the candidate's answer, the model's "
         "reply with its `trigger_assessment` call, then ack -> summary -> goodbye and the hang-up. "
         f"{da['scenarios']} seeded scenarios; every strategy meets exactly the same ones (same server, network, "
-        "candidate, assessment job and speaker). Everything runs on `benchmarks/vloop.VirtualLoop`, a stock "
+        "candidate, assessment job and speaker). Everything runs on `engine/vloop.VirtualLoop`, a stock "
         "asyncio event loop whose clock jumps to the next timer when all tasks wait: (a)-(c) are real asyncio "
         "code as people write it (a reader task, `asyncio.Event` per response id, `asyncio.sleep`, "
         "`asyncio.wait_for`), (d)/(e) drive the real `engine.interview.Interview` through a loop modelled on "

@@ -8,9 +8,13 @@ process runs N `engine.runner.Session`s of flows/assessment.yaml in one event lo
 the virtual player; default sinks, writing to a temporary folder; the offline assessment job), all
 started within STAGGER_S seconds. A ticker task measures how late `asyncio.sleep(0.01)` wakes
 (event-loop lag) while every session of the step is running; CPU is this process's
-`time.process_time()` over the step, divided by N. Each step has a hard wall-clock cap: sessions
-still running then are cancelled and counted as not finished. The answer is the largest N whose
-p99 lag stays under 50 ms (at --speed 1: real time, a session lasts ~45 s).
+`time.process_time()` over the step, divided by N. RSS per session is this process's resident
+set while the step's sessions run (mean of 1 s samples in the measured window) minus the RSS just
+before the step, divided by N; freed memory is kept by the allocator, so it is exact only for the
+first step of a process (run `--steps N --modes steady` once per N to compare). Each step has a
+hard wall-clock cap: sessions still running then are cancelled and counted as not finished. The
+answer is the largest N whose p99 lag stays under 50 ms (at --speed 1: real time, a session lasts
+~45 s).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,15 @@ STAGGER_S = 2.0  # burst: the N sessions of a step start within this many second
 RAMP_S = 52.0  # steady: first starts spread over about one session length (simulated seconds)
 WINDOW_S = 60.0  # steady: lag is measured over this many wall seconds once every slot runs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb() -> float:
+    """This process's resident set size (VmRSS), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 class Simulator:
@@ -122,11 +136,19 @@ async def step(n: int, url: str, flow: flowmod.Flow, speed: float, cap_s: float,
             return state["started"] == n and state["finished"] == 0
         return t_start + ramp <= loop.time() <= t_start + ramp + window_s
 
+    rss0 = rss_mb()
+    rss: list[float] = []  # samples while measuring
+
     async def ticker() -> None:
+        last_rss = 0.0
         while not stop.is_set():
             t = loop.time()
             await asyncio.sleep(TICK_S)
-            ticks.append((t, loop.time() - t - TICK_S, measuring()))
+            inside = measuring()
+            ticks.append((t, loop.time() - t - TICK_S, inside))
+            if inside and t - last_rss >= 1.0:
+                last_rss = t
+                rss.append(rss_mb())
 
     async def one(i: int, k: int) -> None:
         session = Session(flow, Endpoint(f"{url}?model=gpt-realtime", simulated=True), out=out, audio="none",
@@ -194,11 +216,14 @@ async def step(n: int, url: str, flow: flowmod.Flow, speed: float, cap_s: float,
         "errors": errors[:3], "failed_reasons": reasons,
         "collisions": sum(r.stats.get("collisions", 0) for r, _ in finished),
         "sink_failures": sum(len(r.failures) for r, _ in finished),
+        "sink_failure_kinds": dict(Counter(f.split(":")[0][:60] for r, _ in finished for f in r.failures)),
         "wall_s": wall, "cpu_s": cpu, "cpu_per_session_s": cpu_per_session,
         "session_s_mean": session_s, "cpu_share_per_session": cpu_per_session / session_s if durations else float("nan"),
         "lag_p50_ms": pct(window, 50) * 1000, "lag_p99_ms": pct(window, 99) * 1000,
         "lag_max_ms": max(window, default=0) * 1000, "lag_ticks": len(window),
         "lag_all_p99_ms": pct(every, 99) * 1000, "lag_all_max_ms": max(every, default=0) * 1000,
+        "rss_before_mb": rss0, "rss_mb": statistics.fmean(rss) if rss else float("nan"),
+        "rss_per_session_kb": (statistics.fmean(rss) - rss0) * 1024 / n if rss else float("nan"),
     }
 
 
@@ -303,13 +328,15 @@ def profile_step(n: int, speed: float, cap_s: float) -> str:
 
 def table(report: dict[str, Any]) -> str:
     rows = ["| load | N | interviews finished ok | lag p50 | lag p99 | lag max | CPU / interview | "
-            "CPU share / interview | interview length | simulator CPU | collisions | load (1 min) before |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "CPU share / interview | RSS / session | interview length | simulator CPU | collisions | "
+            "load (1 min) before |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["steps"]:
         rows.append(f"| {s['mode']} | {s['n']} | {s['ok']}/{s['sessions']} | {s['lag_p50_ms']:.1f} ms | "
                     f"{s['lag_p99_ms']:.1f} ms | "
                     f"{s['lag_max_ms']:.0f} ms | {s['cpu_per_session_s'] * 1000:.0f} ms | "
-                    f"{s['cpu_share_per_session'] * 100:.2f} % | {s['session_s_mean']:.1f} s | "
+                    f"{s['cpu_share_per_session'] * 100:.2f} % | {s.get('rss_per_session_kb', float('nan')):.0f} KB | "
+                    f"{s['session_s_mean']:.1f} s | "
                     f"{s['simulator_cpu_s']:.1f} s | {s['collisions']} | {s['load_1min_before']:.2f} |")
     return "\n".join(rows)
 

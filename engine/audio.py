@@ -28,6 +28,8 @@ imported lazily and a missing library (`OSError`, not ImportError) becomes a fal
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import heapq
 import itertools
 import math
@@ -55,6 +57,7 @@ __all__ = [
     "Microphone",
     "open_microphone",
     "pcm_ms",
+    "base64_len",
 ]
 
 RATE = 24_000  # Realtime API pcm16: 24 kHz, mono, little-endian
@@ -70,12 +73,25 @@ def pcm_ms(n_bytes: int) -> float:
     return n_bytes / 48
 
 
+def base64_len(audio: str) -> int:
+    """Bytes that `audio` (base64) decodes to, without decoding it."""
+    n = len(audio)
+    if n % 4:  # not canonical base64: let the decoder say what it makes of it
+        return len(base64.b64decode(audio))
+    return n // 4 * 3 - (2 if audio.endswith("==") else 1 if audio.endswith("=") else 0)
+
+
 class AudioUnavailable(EngineError):
     """`--audio device` was asked for, and there is no usable sound device (the message says why)."""
 
 
 class Player(Protocol):
     def feed(self, response_id: str, item_id: str | None, pcm: bytes) -> None: ...
+    def feed_base64(self, response_id: str, item_id: str | None, audio: str) -> None:
+        """`feed` for audio as the server sends it (base64): a player that only needs its
+        length (the virtual speaker) never decodes it."""
+        ...
+
     def end(self, response_id: str) -> None: ...
     def stop(self) -> None: ...
     def played_ms(self, item_id: str) -> int: ...
@@ -93,7 +109,8 @@ def _load_sounddevice() -> Any:
 @dataclass(eq=False)
 class _Response:
     id: str
-    chunks: deque = field(default_factory=deque)  # (item_id, pcm) not yet scheduled / handed over
+    # (item_id, pcm, or its length when only that is known) not yet scheduled / handed over
+    chunks: deque[tuple[str | None, Any]] = field(default_factory=deque)
     ended: bool = False
     bytes: int = 0  # audio scheduled (virtual) or handed to PortAudio (device) so far
     item_id: str | None = None  # item of its latest audio
@@ -139,7 +156,11 @@ class _Notes:
         when = self._armed = self._heap[0][0]
         token = self._token = object()
         # Linux pads a timer by 0.1% of its length (audio.md §4): arm early, then re-arm exactly.
-        at = when - self._early if when - self._clock() > self._early else when
+        # (Compared as the sum, not the difference: `when - early` may round to now, and a timer
+        # armed for now would fire at once, forever, on a clock that does not move by itself.)
+        at = when - self._early
+        if at <= self._clock():
+            at = when
         self._call_at(at, lambda: self._fire(token))
 
     def _fire(self, token: object) -> None:
@@ -182,7 +203,7 @@ class _Recording:
 
     def __init__(self, path: Path, t0: float, speed: float):
         self.path, self.t0, self.speed = Path(path), t0, speed
-        self.tracks: tuple[list, list] = ([], [])  # (start sample, pcm) per channel
+        self.tracks: tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]] = ([], [])  # (start, pcm) per channel
         self.in_cursor = 0
 
     def sample(self, t: float) -> int:
@@ -274,6 +295,17 @@ class VirtualPlayer(_Notes):
             r.chunks.append((item_id, pcm))
         self._pump()
 
+    def feed_base64(self, response_id: str, item_id: str | None, audio: str) -> None:
+        if self._rec is not None:  # the WAV needs the samples
+            return self.feed(response_id, item_id, base64.b64decode(audio))
+        r = self._get(response_id)
+        if r is None or r.ended:
+            return
+        n = base64_len(audio) // 2 * 2  # a model of a speaker needs only how long it sounds
+        if n:
+            r.chunks.append((item_id, n))
+        self._pump()
+
     def end(self, response_id: str) -> None:
         r = self._get(response_id)
         if r is not None:
@@ -336,14 +368,20 @@ class VirtualPlayer(_Notes):
             r = self._queue[0]
             while r.chunks:
                 item, pcm = r.chunks.popleft()
+                n = pcm if isinstance(pcm, int) else len(pcm)  # int: only the length was fed
                 start = max(now + self._latency, self._cursor)
-                self._cursor = start + len(pcm) / (BYTES_PER_S * self._speed)
-                self._segs.append((start, self._cursor, r.id, item, len(pcm)))
-                if self._rec:
+                self._cursor = start + n / (BYTES_PER_S * self._speed)
+                last = self._segs[-1] if self._segs else None
+                if last is not None and last[1] == start and last[2] == r.id and last[3] == item:
+                    # Back to back with the chunk before: one segment (a response is ~100 deltas).
+                    self._segs[-1] = (last[0], self._cursor, r.id, item, last[4] + n)
+                else:
+                    self._segs.append((start, self._cursor, r.id, item, n))
+                if self._rec and not isinstance(pcm, int):
                     self._rec.add(start, pcm)
                 if not r.bytes:
                     self._note(start, Event("playback.started", response_id=r.id, item_id=item))
-                r.bytes += len(pcm)
+                r.bytes += n
                 r.item_id = item
             if not r.ended:
                 return
@@ -442,6 +480,9 @@ class DevicePlayer(_Notes):
             r = self._get(response_id)
             if r is not None and not r.ended and pcm:
                 r.chunks.append((item_id, memoryview(pcm)))
+
+    def feed_base64(self, response_id: str, item_id: str | None, audio: str) -> None:
+        self.feed(response_id, item_id, base64.b64decode(audio))
 
     def end(self, response_id: str) -> None:
         with self._lock:
@@ -548,10 +589,8 @@ class DevicePlayer(_Notes):
             outdata[pos:need] = self._zeros[:pad] if pad <= len(self._zeros) else bytes(pad)
         self._pace.tick(frames)
         if post:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
                 self._loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
 
     def _close_now(self) -> None:
         self._closed = True
@@ -661,7 +700,8 @@ class _Resampler:
             y = np.interp(t, np.arange(len(x)), x)
             self._pos = (t[-1] + step if len(t) else self._pos) - (len(x) - 1)
             self._rest = x[-1:]
-        return np.round(y).astype("<i2").tobytes()
+        out: bytes = np.round(y).astype("<i2").tobytes()
+        return out
 
 
 class Microphone:
@@ -704,10 +744,8 @@ class Microphone:
     def _callback(self, indata: Any, frames: int, t: Any, status: Any) -> None:  # audio thread
         self._pace.tick(frames)
         if self._live:
-            try:  # bytes() copies: PortAudio reuses the buffer
+            with contextlib.suppress(RuntimeError):  # the loop is closed; bytes() copies: PortAudio reuses the buffer
                 self._loop.call_soon_threadsafe(self._queue.put_nowait, bytes(indata))
-            except RuntimeError:
-                pass
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """24 kHz pcm16 mono chunks as captured, until aclose()."""

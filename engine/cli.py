@@ -1,26 +1,82 @@
-"""The `engine` console script: run, check, sim, replay, coverage, schema, serve, invite."""
+"""The `engine` console script: run, check, sim, replay, coverage, schema, serve, invite.
+
+Each command imports what it needs when it runs, so `engine --help` starts at once.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import json
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import flow as flowmod
-from .errors import FlowError
+if TYPE_CHECKING:  # each command imports what it uses, so `engine --help` and `engine check` start fast
+    from . import flow as flowmod
 
-__all__ = ["main"]
+__all__ = ["main", "SCHEMAS"]
+
+# `engine schema [--KIND]`: the JSON Schema of each file format, as "module:function" (imported only
+# when asked for). The simulator's persona format and the conversation-test format plug in here.
+SCHEMAS: dict[str, str] = {
+    "flow": "engine.flow:json_schema",
+    "persona": "engine.sim.scenario:persona_schema",
+}
+
+# `engine check FILE`: which format a file is in, by its name (predictable, and what editors see):
+# `*.persona.yaml` or a file in a `personas/` folder is a persona, anything else a flow.
+CHECKERS: dict[str, str] = {
+    "flow": "engine.flow:check",
+    "persona": "engine.sim.scenario:check_persona",
+}
+
+
+def file_kind(path: Path) -> str:
+    """The format of a file `engine check` is given, from its name."""
+    name = path.name
+    if name.endswith((".persona.yaml", ".persona.yml")) or path.parent.name == "personas":
+        return "persona"
+    if name.endswith((".test.yaml", ".test.yml")):
+        return "test"
+    return "flow"
+
+
+def _import(target: str) -> Any:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+class _Signalled(BaseException):
+    """SIGTERM or SIGHUP before a command has its own handlers (like KeyboardInterrupt for SIGINT)."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+def _raise_signalled(number: int, frame: Any) -> None:
+    raise _Signalled(number)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except KeyboardInterrupt:
+        print("engine: interrupted by SIGINT", file=sys.stderr, flush=True)
         return 130
+    except _Signalled as exc:
+        print(f"engine: interrupted by {signal.Signals(exc.number).name}", file=sys.stderr, flush=True)
+        return 128 + exc.number
+    except BrokenPipeError:  # `engine schema | head`: the reader left; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,10 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--faults", default="", help="simulator faults, e.g. shuffle_done,duplicate")
     run.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live view")
+    run.add_argument("--ping-interval", type=float, default=20.0, metavar="S",
+                     help="seconds between keepalive pings to the server (0: none; default 20)")
+    run.add_argument("--ping-timeout", type=float, default=20.0, metavar="S",
+                     help="seconds the server has to answer a ping before the session ends (0: forever; default 20)")
+    run.add_argument("--trace-max-mb", type=float, default=64.0, metavar="MB",
+                     help="size cap of trace.jsonl; past it the trace stops with a final note (default 64)")
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check", help="validate flow files; exit 1 with path:line:col: message lines")
-    check.add_argument("flows", nargs="+", type=Path)
+    check = sub.add_parser("check", help="validate flows, personas and conversation tests; exit 1 with "
+                                         "path:line:col: message lines, 2 if a file cannot be read")
+    check.add_argument("flows", nargs="+", type=Path, metavar="FILE",
+                       help="a flow; *.persona.yaml or personas/*.yaml: a persona; *.test.yaml: a conversation test")
     check.set_defaults(func=_check)
 
     sim = sub.add_parser("sim", help="serve the local Realtime simulator")
@@ -63,8 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     coverage.add_argument("--flow", type=Path)
     coverage.set_defaults(func=_coverage)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the flow format")
-    schema.set_defaults(func=_schema)
+    schema = sub.add_parser("schema", help="print the JSON Schema of the flow format (or of another file format)")
+    kinds = schema.add_mutually_exclusive_group()
+    kinds.add_argument("--persona", dest="kind", action="store_const", const="persona",
+                       help="the persona and scenario format of the simulator")
+    kinds.add_argument("--test", dest="kind", action="store_const", const="test",
+                       help="the conversation test format of `engine test`")
+    schema.set_defaults(func=_schema, kind="flow")
 
     from .serve.main import add_invite_arguments, add_serve_arguments
 
@@ -79,12 +148,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Exit 0: no errors (warnings allowed); 1: a file has errors; 2: a file cannot be read."""
+    from .source import Unreadable, clean
+
+    _printable(sys.stdout, sys.stderr)
     status = 0
     for path in args.flows:
+        kind = file_kind(path)
+        if kind not in CHECKERS:
+            print(f"{clean(str(path))}: cannot check a {kind} file yet", file=sys.stderr)
+            status = max(status, 2)
+            continue
         try:
-            problems = flowmod.check(path)
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            problems = _import(CHECKERS[kind])(path)
+        except Unreadable as exc:
+            print(clean(str(exc)), file=sys.stderr)
+            status = max(status, 2)
+            continue
+        except (RecursionError, MemoryError) as exc:  # bounded by engine.source; never a traceback anyway
+            print(f"{clean(str(path))}: too large or too deep to check ({type(exc).__name__})", file=sys.stderr)
             status = max(status, 2)
             continue
         for problem in problems:
@@ -92,44 +174,60 @@ def _check(args: argparse.Namespace) -> int:
         if any(not p.warning for p in problems):
             status = max(status, 1)
         elif not problems:
-            print(f"{path}: ok")
+            print(f"{clean(str(path))}: ok")
     return status
 
 
 def _schema(args: argparse.Namespace) -> int:
-    print(json.dumps(schema(), indent=2))
+    target = SCHEMAS.get(args.kind)
+    if target is None:
+        print(f"engine schema: the {args.kind} schema is not available yet", file=sys.stderr)
+        return 2
+    make: Callable[[], dict[str, Any]] = _import(target)
+    print(json.dumps(make(), indent=2))
     return 0
 
 
-def schema() -> dict:
-    """JSON Schema of the flow format, for editors (yaml-language-server modeline)."""
-    out = flowmod.Flow.model_json_schema(by_alias=True)
-    out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    out["title"] = "engine flow"
-    return out
+def _printable(*streams: Any) -> None:
+    """Never fail on a character the terminal cannot show (a file name that is not UTF-8)."""
+    for stream in streams:
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def load_flow_or_report(path: Path) -> flowmod.Flow | None:
     """The flow, or None after printing why it cannot be used (every problem, or unreadable)."""
+    from . import flow as flowmod
+    from .errors import FlowError
+    from .source import Unreadable
+
     try:
         return flowmod.load(path)
     except FlowError as exc:
         print(exc, file=sys.stderr)
-    except OSError as exc:
-        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+    except Unreadable as exc:
+        print(exc, file=sys.stderr)
     return None
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _raise_signalled)
+    import asyncio
+
     from .runner import run_session
 
     flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
-    return asyncio.run(run_session(flow, args))
+    status: int = asyncio.run(run_session(flow, args))
+    return status
 
 
 def _sim(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .simulator import run_forever
 
     try:

@@ -4,28 +4,94 @@ A job is `async def job(inputs: Mapping) -> result` registered under the entry-p
 `engine.jobs`. It runs overlapped with the interview; CPU-bound work inside it goes through
 `asyncio.to_thread`. Its outcome comes back to the core as `job.<name>.done` (data: result) or
 `job.<name>.failed` (data: error). A failing job never takes the session down.
+
+A job may have a `warm_up()` attribute (a plain function: load dictionaries, models). `warm_up()`
+here starts those in threads, once per process, and returns at once: nothing slow runs before the
+interview's first words. A job started before its warm-up has finished waits for it, off the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
+import threading
 from collections.abc import Awaitable, Callable, Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .events import Event
 
-__all__ = ["Jobs", "JobFn", "registry"]
+__all__ = ["Jobs", "JobFn", "registry", "warm_up"]
 
 JobFn = Callable[[Mapping[str, Any]], Awaitable[Any]]
+
+
+class _Installed:
+    """A job from an entry point, imported on first use: by its warm-up thread, or when it runs
+    (importing the assessment costs ~150 ms, too long to spend before the interview starts)."""
+
+    def __init__(self, ep: EntryPoint):
+        self._ep = ep
+        self._fn: JobFn | None = None
+        self._lock = threading.Lock()
+        self.__name__ = ep.name
+
+    def load(self) -> JobFn:
+        with self._lock:
+            if self._fn is None:
+                self._fn = self._ep.load()
+            return self._fn
+
+    def warm_up(self) -> None:
+        hook = getattr(self.load(), "warm_up", None)
+        if hook is not None:
+            hook()
+
+    async def __call__(self, inputs: Mapping[str, Any]) -> Any:
+        return await self.load()(inputs)
 
 
 @functools.cache
 def registry() -> dict[str, JobFn]:
     """Installed jobs by name (entry points in group `engine.jobs`). Looked up once per process:
     reading every package's entry points takes ~14 ms, too long to block the loop per session."""
-    return {ep.name: ep.load() for ep in entry_points(group="engine.jobs")}
+    return {ep.name: _Installed(ep) for ep in entry_points(group="engine.jobs")}
+
+
+_warm: dict[Callable[[], None], concurrent.futures.Future[None]] = {}  # per warm-up hook, per process
+_warm_lock = threading.Lock()
+
+
+def warm_up(jobs: Mapping[str, JobFn]) -> None:
+    """Start each job's `warm_up()` in a daemon thread (once per process); return at once."""
+    for fn in jobs.values():
+        hook = getattr(fn, "warm_up", None)
+        if hook is None:
+            continue
+        with _warm_lock:
+            if hook in _warm:
+                continue
+            future = _warm[hook] = concurrent.futures.Future()
+        threading.Thread(target=_warm_up, args=(hook, future), name="engine warm-up", daemon=True).start()
+
+
+def _warm_up(hook: Callable[[], None], future: concurrent.futures.Future[None]) -> None:
+    try:
+        hook()
+    except BaseException as exc:  # the job itself will fail or load what it needs
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+
+
+async def _warmed(fn: JobFn) -> None:
+    """Wait for `fn`'s warm-up if it is still running, in a thread: the loop goes on meanwhile."""
+    future = _warm.get(getattr(fn, "warm_up", None))  # type: ignore[arg-type]
+    if future is not None and not future.done():
+        with contextlib.suppress(Exception):  # a failed warm-up: the job loads what it needs itself
+            await asyncio.to_thread(future.result)
 
 
 class Jobs:
@@ -33,7 +99,7 @@ class Jobs:
         self._group = group
         self._put = put
         self._jobs = jobs
-        self._running: dict[str, asyncio.Task] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     def start(self, name: str, inputs: Mapping[str, Any]) -> None:
         self.cancel(name)
@@ -54,7 +120,11 @@ class Jobs:
 
     async def _run(self, name: str, inputs: Mapping[str, Any]) -> None:
         try:
-            result = await self._jobs[name](inputs)
+            fn = self._jobs.get(name)
+            if fn is None:
+                raise LookupError(f"no job named {name!r} is installed")
+            await _warmed(fn)
+            result = await fn(inputs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a job's failure is an event for the flow, not a crash

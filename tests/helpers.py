@@ -73,6 +73,11 @@ def speech_stopped(item: str) -> Event:
     return server({"type": "input_audio_buffer.speech_stopped", "item_id": item, "audio_end_ms": 0})
 
 
+def committed(item: str) -> Event:
+    """The candidate's turn on `item` is over: the server committed its audio."""
+    return server({"type": "input_audio_buffer.committed", "item_id": item, "previous_item_id": None})
+
+
 def answer(item: str, text: str) -> Event:
     return server({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
                    "content_index": 0, "transcript": text})

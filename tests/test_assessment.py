@@ -206,14 +206,15 @@ def test_threshold_table_is_complete_and_monotonic():
 def persona_turns(path: Path, n: int | None = None) -> list[Turn]:
     """Interviewer questions and candidate answers, the answers timed from words_per_minute."""
     p = yaml.safe_load(path.read_text())
-    n = p["questions_before_assessment"] if n is None else n
+    n = p["interviewer"]["tool_calls"][0]["after_answers"] if n is None else n
+    c = p["candidate"]
     t, out = 0.0, []
-    for q, a in zip(p["interviewer"]["questions"][:n], p["answers"][:n]):
+    for q, a in zip(p["interviewer"]["questions"][:n], c["answers"][:n]):
         t += len(q.split()) / p["interviewer"]["words_per_minute"] * 60
         out.append(Turn(role="interviewer", text=q, end=t))
-        t += sum(p["reaction_s"]) / 2
+        t += sum(c["reaction_s"]) / 2
         spoken = len(re.findall(r"[A-Za-z0-9]+(?:['-][A-Za-z]+)*", a))
-        out.append(cand(a, t, t + spoken / p["words_per_minute"] * 60))
+        out.append(cand(a, t, t + spoken / c["words_per_minute"] * 60))
         t = out[-1].end + 0.5
     return out
 
@@ -221,12 +222,12 @@ def persona_turns(path: Path, n: int | None = None) -> list[Turn]:
 @pytest.mark.parametrize("name", ["a2_hesitant.yaml", "c1_fluent.yaml"])
 def test_persona_files_have_the_simulator_format(name):
     p = yaml.safe_load((PERSONAS / name).read_text())
-    assert set(p) == {"name", "level", "voice", "words_per_minute", "reaction_s",
-                      "questions_before_assessment", "interviewer", "answers", "barge_in"}
-    assert set(p["interviewer"]) == {"name", "voice", "words_per_minute", "questions"}
-    assert len(p["interviewer"]["questions"]) == len(p["answers"]) == 5
-    assert all(isinstance(a, str) and a.strip() for a in p["answers"])
-    assert p["barge_in"] is None and len(p["reaction_s"]) == 2
+    assert set(p) == {"name", "level", "candidate", "interviewer"}
+    assert {"words_per_minute", "reaction_s", "answers"} <= set(p["candidate"])
+    assert {"voice", "words_per_minute", "questions", "tool_calls"} <= set(p["interviewer"])
+    assert len(p["interviewer"]["questions"]) == len(p["candidate"]["answers"]) == 5
+    assert all(isinstance(a, str) and a.strip() for a in p["candidate"]["answers"])
+    assert len(p["candidate"]["reaction_s"]) == 2
 
 
 @pytest.mark.parametrize("n", [None, 5])  # the answers before assessment, and all five

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["errors", "events", "effects", "gate", "interview", "flow"]
+CORE = ["errors", "events", "effects", "gate", "interview", "conversation", "machine", "playback", "facts", "flow"]
 FORBIDDEN = {"asyncio", "websockets", "sounddevice", "time", "socket", "threading", "subprocess", "os", "io",
              "sqlite3", "datetime", "random"}
 ENGINE = Path(__file__).resolve().parent.parent / "engine"

@@ -1,171 +1,241 @@
-"""The response gate: every (state, input) cell, retries, and the one-in-flight rule."""
-
-import itertools
+"""The response gate: every (state, input) cell of its TABLE, retries, releases, the one-in-flight rule."""
 
 import pytest
 
-from engine.gate import ACTIVE, IDLE, REQUESTED, TABLE, UNKNOWN, Gate, GateState, Request
+from engine.errors import LocalProtocolError
+from engine.gate import (
+    ACTIVE,
+    IDLE,
+    INPUTS,
+    REQUESTED,
+    REQUESTED_ACTIVE,
+    SILENCE_RELEASE,
+    TABLE,
+    UNKNOWN_ACTIVE_WAIT,
+    Gate,
+    GateState,
+    Request,
+)
 
 COLLISION = "conversation_already_has_active_response"
 RATE_LIMITED = {"status": "failed", "status_details": {"type": "failed", "error": {"code": "rate_limit_exceeded"}}}
+COMPLETED = {"status": "completed"}
 
 
-def new_gate() -> Gate:
-    counter = itertools.count(1)
-    return Gate(lambda: f"evt_{next(counter)}")
-
-
-def create(tag: str, event_id: str, owner: str = "s") -> dict:
+def create(tag: str, event_id: str, state: str = "s") -> dict:
     return {"type": "response.create", "event_id": event_id,
-            "response": {"metadata": {"engine_request": tag, "state": owner}}}
+            "response": {"metadata": {"engine_request": tag, "state": state}}}
 
 
 def in_state(state: GateState) -> Gate:
-    """A gate brought to `state` through its public inputs, with request r1 as the first one."""
-    gate = new_gate()
+    """A gate brought to `state` through its public inputs; r1 is the first request (evt_1)."""
+    gate = Gate()
     if state is not IDLE:
-        assert gate.request(Request("r1", "s"), 0.0) == [create("r1", "evt_1")]
+        assert gate.request(Request("r1", "s"), 0.0, 1) == [create("r1", "evt_1")]
     if state is ACTIVE:
-        assert gate.created("resp_1", "r1", 0.1) == []
+        assert gate.created("resp_1", "r1", 0.1, 2) == []
+    if state is REQUESTED_ACTIVE:
+        assert gate.proven("resp_vad", 0.1)  # server VAD answering on its own, say
     assert gate.state is state
     return gate
 
 
-def apply(gate: Gate, kind: str) -> tuple[list[dict], Request | None]:
-    if kind == "request":
-        return gate.request(Request("r2", "s"), 1.0), None
-    if kind == "created":
-        return gate.created("resp_9", "r9", 1.0), None
-    if kind == "done":
-        req, sent = gate.done("resp_1", "r1", {"status": "completed"}, 1.0)
-        return sent, req
-    if kind == "error":
-        req, sent = gate.error("evt_1", "invalid_value", "bad", 1.0)
-        return sent, req
-    req, sent = gate.error("evt_1", COLLISION, "Conversation already has an active response", 1.0)
-    return sent, req
+# Every cell of the table --------------------------------------------------------------------------
 
 
-# (state, input) -> (state after, what is sent, request handed back to the flow)
-CELLS = {
-    (IDLE, "request"): (REQUESTED, [create("r2", "evt_1")], None),
-    (IDLE, "created"): (ACTIVE, [], None),  # a response the server started on its own
-    (IDLE, "done"): (IDLE, [], None),  # foreign or late: nothing to free
-    (IDLE, "error"): (IDLE, [], None),  # not about anything we sent
-    (IDLE, "collision"): (IDLE, [], None),
-    (REQUESTED, "request"): (REQUESTED, [], None),  # queued behind r1
-    (REQUESTED, "created"): (REQUESTED, [], None),  # someone else's response: r1 still pending
-    (REQUESTED, "done"): (IDLE, [], "r1"),  # response.created was lost; done names r1
-    (REQUESTED, "error"): (IDLE, [], "r1"),  # rejected for good
-    (REQUESTED, "collision"): (ACTIVE, [], None),  # re-queued; waits for the unknown response
-    (ACTIVE, "request"): (ACTIVE, [], None),
-    (ACTIVE, "created"): (ACTIVE, [], None),
-    (ACTIVE, "done"): (IDLE, [], "r1"),
-    # The server rejected r1 after all: the response taken for it was someone else's and still
-    # holds the conversation. An error rejects r1; a collision re-queues it behind that response.
-    (ACTIVE, "error"): (ACTIVE, [], "r1"),
-    (ACTIVE, "collision"): (ACTIVE, [], None),
+@pytest.mark.parametrize("state", list(GateState), ids=lambda s: s.name)
+@pytest.mark.parametrize("event", INPUTS)
+def test_every_cell_moves_by_the_table_or_raises_and_changes_nothing(state, event):
+    gate = in_state(state)
+    before = gate.snapshot()
+    if event in TABLE[state]:
+        gate._move(event)
+        assert gate.state is TABLE[state][event]
+    else:
+        with pytest.raises(LocalProtocolError, match=f"can't handle {event} in state {state.name}"):
+            gate._move(event)
+        assert gate.snapshot() == before
+
+
+def test_send_has_one_cell_the_collision_safety_argument():
+    assert [s for s, row in TABLE.items() if "send" in row] == [IDLE]
+
+
+# (state, input) -> a public call in that state that takes that cell
+SCENARIOS = {
+    (IDLE, "request"): lambda g: g.request(Request("r2", "s"), 1.0, 2),
+    (IDLE, "send"): lambda g: g.request(Request("r2", "s"), 1.0, 2),
+    (IDLE, "start"): lambda g: g.proven("resp_9", 1.0),
+    (REQUESTED, "request"): lambda g: g.request(Request("r2", "s"), 1.0, 2),
+    (REQUESTED, "start"): lambda g: g.created("resp_vad", None, 1.0, 2),
+    (REQUESTED, "accept"): lambda g: g.created("resp_1", "r1", 1.0, 2),
+    (REQUESTED, "reject"): lambda g: g.error("evt_1", "invalid_value", "bad", 1.0, 2),
+    (ACTIVE, "request"): lambda g: g.request(Request("r2", "s"), 1.0, 2),
+    (ACTIVE, "start"): lambda g: g.proven("resp_9", 1.0),
+    (ACTIVE, "free"): lambda g: g.done("resp_1", "r1", COMPLETED, 1.0, 2),
+    (REQUESTED_ACTIVE, "request"): lambda g: g.request(Request("r2", "s"), 1.0, 2),
+    (REQUESTED_ACTIVE, "start"): lambda g: g.proven("resp_9", 1.0),
+    (REQUESTED_ACTIVE, "accept"): lambda g: g.created("resp_1", "r1", 1.0, 2),
+    (REQUESTED_ACTIVE, "reject"): lambda g: g.error("evt_1", "invalid_value", "bad", 1.0, 2),
+    (REQUESTED_ACTIVE, "free"): lambda g: g.done("resp_vad", None, COMPLETED, 1.0, 2),
 }
 
 
-def test_cells_cover_the_table():
-    assert {(s, i) for s, row in TABLE.items() for i in row} == set(CELLS)
+def test_scenarios_cover_every_legal_cell():
+    assert set(SCENARIOS) == {(s, e) for s, row in TABLE.items() for e in row}
 
 
-@pytest.mark.parametrize("cell", list(CELLS), ids=lambda c: f"{c[0].name}-{c[1]}")
-def test_cell(cell):
-    state, kind = cell
-    gate = in_state(state)
-    sent, req = apply(gate, kind)
-    after, expected_sent, expected_req = CELLS[cell]
-    assert gate.state is after
-    assert after is TABLE[state][kind] or (state, kind) == (REQUESTED, "created")
-    assert sent == expected_sent
-    assert (req.tag if req else None) == expected_req
+@pytest.mark.parametrize("cell", list(SCENARIOS), ids=lambda c: f"{c[0].name}-{c[1]}")
+def test_each_legal_cell_is_taken_by_a_public_input(cell, monkeypatch):
+    gate = in_state(cell[0])
+    taken = []
+    move = Gate._move
+    monkeypatch.setattr(Gate, "_move", lambda self, e: (taken.append((self.state, e)), move(self, e))[1])
+    SCENARIOS[cell](gate)
+    assert cell in taken
+
+
+# Behaviour ----------------------------------------------------------------------------------------
 
 
 def test_queued_request_is_sent_on_done():
     gate = in_state(ACTIVE)
-    assert gate.request(Request("r2", "ack"), 1.0) == []
-    req, sent = gate.done("resp_1", "r1", {"status": "completed"}, 2.0)
-    assert req.tag == "r1"
-    assert sent == [create("r2", "evt_2", "ack")]
-    assert gate.state is REQUESTED
+    assert gate.request(Request("r2", "ack"), 1.0, 2) == []
+    tag, sent = gate.done("resp_1", "r1", COMPLETED, 2.0, 2)
+    assert tag == "r1" and sent == [create("r2", "evt_2", "ack")] and gate.state is REQUESTED
 
 
-def test_collision_requeues_once_then_gives_up():
+def test_collision_requeues_once_behind_an_unknown_response_then_gives_up():
     gate = in_state(REQUESTED)
-    req, sent = gate.error("evt_1", COLLISION, "", 1.0)
-    assert (req, sent, gate.active) == (None, [], {UNKNOWN})
-    assert gate.next_deadline() == 3.0
-    assert gate.advance(2.9) == []
-    assert gate.advance(3.0) == [create("r1", "evt_2")]  # the unknown response never reported done
-    req, sent = gate.error("evt_2", COLLISION, "", 4.0)
+    req, sent = gate.error("evt_1", COLLISION, "", 1.0, 2)
+    assert (req, sent, gate.state, gate.active) == (None, [], ACTIVE, True)
+    assert gate.next_deadline() == 1.0 + UNKNOWN_ACTIVE_WAIT
+    assert gate.advance(2.9, 2) == ([], [])
+    assert gate.advance(3.0, 2) == ([], [create("r1", "evt_2")])  # the unknown response never reported done
+    req, sent = gate.error("evt_2", COLLISION, "", 4.0, 3)
     assert req.tag == "r1" and sent == [] and gate.state is IDLE
 
 
 def test_collision_waits_for_the_response_it_collided_with():
     gate = in_state(REQUESTED)
-    assert gate.created("resp_srv", None, 0.5) == []  # untagged: not ours, but the server is busy
-    req, sent = gate.error("evt_1", COLLISION, "Conversation already has an active response", 0.6)
-    assert (req, sent) == (None, [])  # re-queued behind it
-    assert gate.owner_of("resp_srv") is None and gate.active == {"resp_srv"}
-    req, sent = gate.done("resp_srv", None, {"status": "completed"}, 2.0)
-    assert req is None and sent == [create("r1", "evt_2")]
+    assert gate.created("resp_srv", None, 0.5, 2) == []  # untagged: not ours, but the server is busy
+    req, sent = gate.error("evt_1", COLLISION, "Conversation already has an active response", 0.6, 2)
+    assert (req, sent, gate.state) == (None, [], ACTIVE)
+    assert gate.request_of("resp_srv") is None
+    tag, sent = gate.done("resp_srv", None, COMPLETED, 2.0, 2)
+    assert tag is None and sent == [create("r1", "evt_2")]
 
 
 def test_old_servers_collision_without_code_or_event_id():
     gate = in_state(REQUESTED)
-    req, sent = gate.error(None, None, "Conversation already has an active response", 1.0)
-    assert req is None and gate.queue[0].tag == "r1"
+    req, sent = gate.error(None, None, "Conversation already has an active response", 1.0, 2)
+    assert req is None and gate.queued == 1 and gate.state is ACTIVE
+
+
+def test_an_error_about_anything_else_changes_nothing():
+    gate = in_state(ACTIVE)
+    before = gate.snapshot()
+    assert gate.error("evt_1", "invalid_value", "late, about a create answered long ago", 1.0, 2) == (None, [])
+    assert gate.error("evt_77", "invalid_value", "about an item", 1.0, 2) == (None, [])
+    assert gate.snapshot() == before
 
 
 def test_rate_limited_response_is_retried_with_backoff_then_surfaces():
     gate = in_state(ACTIVE)
-    req, sent = gate.done("resp_1", "r1", RATE_LIMITED, 10.0)
-    assert (req, sent, gate.next_deadline()) == (None, [], 11.0)
-    assert gate.advance(11.0) == [create("r1", "evt_2")]
-    gate.created("resp_2", "r1", 11.1)
-    assert gate.done("resp_2", "r1", RATE_LIMITED, 12.0) == (None, [])
+    assert gate.done("resp_1", "r1", RATE_LIMITED, 10.0, 2) == (None, [])
+    assert gate.superseded("resp_1") and gate.next_deadline() == 11.0
+    assert gate.advance(11.0, 2) == ([], [create("r1", "evt_2")])
+    gate.created("resp_2", "r1", 11.1, 3)
+    assert gate.done("resp_2", "r1", RATE_LIMITED, 12.0, 3) == (None, [])
     assert gate.next_deadline() == 14.0
-    gate.advance(14.0)
-    gate.created("resp_3", "r1", 14.1)
-    gate.done("resp_3", "r1", RATE_LIMITED, 15.0)
+    gate.advance(14.0, 3)
+    gate.created("resp_3", "r1", 14.1, 4)
+    gate.done("resp_3", "r1", RATE_LIMITED, 15.0, 4)
     assert gate.next_deadline() == 19.0
-    gate.advance(19.0)
-    gate.created("resp_4", "r1", 19.1)
-    req, sent = gate.done("resp_4", "r1", RATE_LIMITED, 20.0)
-    assert req.tag == "r1" and sent == []  # retries exhausted: the flow sees the failure
+    gate.advance(19.0, 4)
+    gate.created("resp_4", "r1", 19.1, 5)
+    assert gate.done("resp_4", "r1", RATE_LIMITED, 20.0, 5) == ("r1", [])  # retries exhausted: the flow sees it
+    assert not gate.superseded("resp_4")
+
+
+def test_a_request_of_a_state_left_is_not_retried_after_a_rate_limit():
+    gate = in_state(ACTIVE)
+    assert gate.forget("s") == []  # r1 is in flight: nothing to drop, but it is no longer wanted
+    assert gate.done("resp_1", "r1", RATE_LIMITED, 10.0, 2) == ("r1", [])
+    assert gate.state is IDLE and gate.queued == 0
 
 
 def test_duplicate_and_late_done_change_nothing():
     gate = in_state(ACTIVE)
-    gate.request(Request("r2", "s"), 0.2)
-    gate.done("resp_1", "r1", {"status": "completed"}, 1.0)
-    assert gate.state is REQUESTED
-    assert gate.done("resp_1", "r1", {"status": "completed"}, 1.1) == (None, [])
-    assert gate.state is REQUESTED
+    gate.request(Request("r2", "s"), 0.2, 2)
+    gate.done("resp_1", "r1", COMPLETED, 1.0, 2)
+    before = gate.snapshot()
+    assert gate.done("resp_1", "r1", COMPLETED, 1.1, 3) == (None, [])
+    assert gate.created("resp_1", "r1", 1.2, 3) == []  # a created reordered after its done
+    assert not gate.proven("resp_1", 1.3)  # and its late audio
+    assert gate.snapshot() == before and gate.state is REQUESTED
 
 
-def test_drop_forgets_queued_requests_of_a_state():
+def test_forget_drops_queued_requests_of_a_state():
     gate = in_state(ACTIVE)
-    gate.request(Request("r2", "old"), 0.2)
-    gate.request(Request("r3", "new"), 0.3)
-    assert [r.tag for r in gate.drop("old")] == ["r2"]
-    _, sent = gate.done("resp_1", "r1", {"status": "completed"}, 1.0)
+    gate.request(Request("r2", "old"), 0.2, 2)
+    gate.request(Request("r3", "new"), 0.3, 2)
+    assert [r.tag for r in gate.forget("old")] == ["r2"]
+    _, sent = gate.done("resp_1", "r1", COMPLETED, 1.0, 2)
     assert sent == [create("r3", "evt_2", "new")]
 
 
 def test_an_untagged_response_is_never_taken_for_ours():
     gate = in_state(REQUESTED)
-    gate.created("resp_vad", None, 0.5)  # e.g. server VAD answering on its own
-    assert gate.owner_of("resp_vad") is None and gate.state is REQUESTED and gate.active == {"resp_vad"}
-    req, sent = gate.done("resp_vad", None, {"status": "completed"}, 1.0)
-    assert (req, sent, gate.state) == (None, [], REQUESTED)  # r1 is still unanswered: nothing is sent
+    gate.created("resp_vad", None, 0.5, 2)
+    assert gate.request_of("resp_vad") is None and gate.state is REQUESTED_ACTIVE
+    tag, sent = gate.done("resp_vad", None, COMPLETED, 1.0, 2)
+    assert (tag, sent, gate.state) == (None, [], REQUESTED)  # r1 is still unanswered: nothing is sent
 
 
 def test_a_done_that_names_the_request_resolves_it_when_created_was_lost():
     gate = in_state(REQUESTED)
-    gate.request(Request("r2", "s"), 0.2)
-    req, sent = gate.done("resp_7", "r1", {"status": "completed"}, 1.0)
-    assert req.tag == "r1" and sent == [create("r2", "evt_2")]
+    gate.request(Request("r2", "s"), 0.2, 2)
+    tag, sent = gate.done("resp_7", "r1", COMPLETED, 1.0, 2)
+    assert tag == "r1" and sent == [create("r2", "evt_2")]
+
+
+def test_a_tagged_created_is_ours_even_if_its_id_was_seen_before():
+    gate = in_state(REQUESTED)
+    assert gate.proven("resp_1", 0.3)  # its audio came first (created reordered or late)
+    assert gate.state is REQUESTED_ACTIVE and gate.request_of("resp_1") is None
+    gate.created("resp_1", "r1", 0.4, 2)
+    assert gate.request_of("resp_1") == "r1" and gate.state is ACTIVE
+
+
+def test_a_response_silent_for_the_release_bound_is_presumed_over():
+    gate = in_state(IDLE)
+    assert gate.proven("resp_x", 1.0)  # a response whose created and done were both lost
+    gate.request(Request("r1", "s"), 1.5, 1)
+    assert gate.state is ACTIVE and gate.next_deadline() == 1.0 + SILENCE_RELEASE
+    gate.proven("resp_x", 2.0)  # still streaming: the bound runs from its last event
+    assert gate.advance(6.9, 1) == ([], [])
+    assert gate.advance(2.0 + SILENCE_RELEASE, 1) == ([], [create("r1", "evt_1")])
+    assert not gate.finished("resp_x")  # presumed, not known: a later event of it proves it again
+
+
+def test_a_create_nothing_answers_is_given_up_after_the_release_bound():
+    gate = in_state(REQUESTED)
+    gate.request(Request("r2", "s"), 0.5, 2)
+    assert gate.next_deadline() == SILENCE_RELEASE
+    given_up, sent = gate.advance(SILENCE_RELEASE, 2)
+    assert [r.tag for r in given_up] == ["r1"] and sent == [create("r2", "evt_2")]
+    gate.created("resp_late", "r1", 6.0, 3)  # its response after all: no longer ours, but it is busy
+    assert gate.request_of("resp_late") is None and gate.state is REQUESTED_ACTIVE
+
+
+def test_snapshot_restore_round_trip():
+    gate = in_state(REQUESTED_ACTIVE)
+    gate.request(Request("r2", "s", {"instructions": "hi"}), 0.2, 2)
+    snap = gate.snapshot()
+    hash(snap)
+    copy = Gate.restore(snap)
+    assert copy.snapshot() == snap
+    assert copy.created("resp_1", "r1", 1.0, 2) == gate.created("resp_1", "r1", 1.0, 2)
+    assert copy.done("resp_1", "r1", COMPLETED, 2.0, 2) == gate.done("resp_1", "r1", COMPLETED, 2.0, 2)
+    assert copy.snapshot() == gate.snapshot()

@@ -1,15 +1,39 @@
 """The sans-I/O core, driven by scripted (t, event) traces. Time is data; nothing sleeps."""
 
+import copy
 import itertools
+import pickle
 
 import pytest
+from helpers import (
+    answer,
+    audio,
+    audio_done,
+    committed,
+    created,
+    done,
+    error,
+    feed,
+    flow_from,
+    job_done,
+    job_failed,
+    load_flow,
+    playback_done,
+    playback_stopped,
+    sends,
+    server,
+    speech_started,
+    speech_stopped,
+    tags,
+    tool_call,
+    transcript_done,
+)
 
 from engine.effects import CancelJob, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
-from engine.interview import Interview
-
-from helpers import (answer, audio, audio_done, created, done, error, feed, job_done, job_failed,
-                     load_flow, playback_done, playback_stopped, sends, speech_started, tags, tool_call,
-                     transcript_done)
+from engine.errors import LocalProtocolError
+from engine.events import Event
+from engine.gate import SILENCE_RELEASE
+from engine.interview import TRANSCRIPT_WAIT, Interview
 
 SUMMARY = {"summary": "Your English is around B1.", "overall": {"band": "B1"}}
 
@@ -133,8 +157,10 @@ def test_duplicate_response_done_moves_once():
 def test_late_done_of_an_earlier_response_is_recorded_and_ignored():
     iv = Interview(load_flow("seed.yaml"))
     iv.start(0.0)
-    # ack's response never completes in time; the flow has moved on when its done arrives.
-    feed(iv, [(0.1, created("resp_a", "r1")), (0.2, job_done("assessment", SUMMARY)), (8.0, None)])
+    # ack's response never completes in time (it is still streaming: it is alive); the flow has
+    # moved on when its done arrives.
+    feed(iv, [(0.1, created("resp_a", "r1")), (0.2, job_done("assessment", SUMMARY)),
+              (4.0, audio("resp_a", "item_a", 100)), (7.5, audio("resp_a", "item_a", 100)), (8.0, None)])
     assert iv.state == "summary_fallback"
     effects = feed(iv, [(8.5, audio_done("resp_a", "item_a")),
                         (8.6, transcript_done("resp_a", "item_a", "x")), (8.7, done("resp_a", "r1"))])
@@ -190,7 +216,8 @@ def to_ack(iv):
     """Greeting, one answer, then the model calls trigger_assessment. Returns the effects of the call."""
     feed(iv, [])
     question(iv, "r1", "resp_1", 0.5)
-    effects = feed(iv, [(2.6, playback_done("resp_1")), (3.0, speech_started("u1")), (6.0, answer("u1", "I am Ana."))])
+    effects = feed(iv, [(2.6, playback_done("resp_1")), (3.0, speech_started("u1")), (5.0, speech_stopped("u1")),
+                        (5.5, committed("u1")), (6.0, answer("u1", "I am Ana."))])
     assert iv.state == "asking" and tags(effects) == ["r2"]
     return feed(iv, [(6.5, created("resp_2", "r2")), (6.6, tool_call("resp_2", "call_1", "trigger_assessment",
                                                                      '{"reason": "enough"}'))])
@@ -206,7 +233,8 @@ def test_tool_call_acknowledges_and_starts_the_assessment_while_the_gate_holds_t
         "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"status": "assessment started"}'}}]
     assert StartJob("assessment", {"turns": [
         {"role": "interviewer", "text": "Tell me about yourself.", "t": 0.7, "response_id": "resp_1", "item_id": "it_resp_1"},
-        {"role": "candidate", "text": "I am Ana.", "t": 6.0, "item_id": "u1", "start": 3.0, "end": None}],
+        {"role": "candidate", "item_id": "u1", "t": 5.5, "start": 3.0, "end": 5.0, "committed": 5.5,
+         "text": "I am Ana.", "transcribed": True}],
         "options": {}}) in effects
     assert tags(effects) == []  # asking's response (the tool call) is still active: the ack waits
     effects = feed(iv, [(6.8, done("resp_2", "r2"))])
@@ -262,7 +290,7 @@ def test_lost_function_call_event_is_recovered_from_response_done():
     iv = Interview(load_flow("assessment.yaml"))
     iv.start(0.0)
     question(iv, "r1", "resp_1", 0.5)
-    feed(iv, [(2.6, playback_done("resp_1")), (6.0, answer("u1", "I am Ana."))])
+    feed(iv, [(2.6, playback_done("resp_1")), (5.9, committed("u1")), (6.0, answer("u1", "I am Ana."))])
     output = [{"type": "function_call", "id": "fc1", "call_id": "call_9", "name": "trigger_assessment",
                "arguments": "{}"}]
     effects = feed(iv, [(6.5, created("resp_2", "r2")), (6.9, done("resp_2", "r2", output=output))])
@@ -278,17 +306,67 @@ def test_connection_closed_ends_the_session_unless_the_flow_handles_it():
     assert effects == [End("connection closed in state 'greeting': server closed the connection (1001)", "not_completed")]
 
 
-def test_enough_answers_without_a_tool_call_assesses_anyway():
-    iv = Interview(load_flow("assessment.yaml"))
+def six_committed_answers(iv, last_transcript):
+    """Six committed answers, each transcribed after its commit; the sixth's transcript comes
+    "before" its commit, "after" it, or never (None). Returns the effects of the sixth commit."""
     effects = iv.start(0.0)
     t = 0.0
     for n in range(1, 7):
         [tag] = tags(effects)
         question(iv, tag, f"resp_{n}", t + 0.5)
-        effects = feed(iv, [(t + 2.6, playback_done(f"resp_{n}")), (t + 6.0, answer(f"u{n}", f"Answer {n}."))])
+        feed(iv, [(t + 2.6, playback_done(f"resp_{n}"))])
+        if n == 6 and last_transcript == "before":
+            feed(iv, [(t + 5.9, answer(f"u{n}", f"answer {n}"))])
+        effects = feed(iv, [(t + 6.0, committed(f"u{n}"))])
+        if n < 6:
+            feed(iv, [(t + 6.5, answer(f"u{n}", f"answer {n}"))])
         t += 10
-    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.transcript")
-    assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, Send))] == ["StartJob", "Send"]
+    if last_transcript == "after":
+        effects = feed(iv, [(57.2, answer("u6", "answer 6"))])
+    return effects
+
+
+def job_inputs(effects):
+    [start] = [e for e in effects if isinstance(e, StartJob)]
+    return [turn["text"] for turn in start.inputs["turns"] if turn["role"] == "candidate"]
+
+
+def test_enough_answers_without_a_tool_call_assesses_anyway():
+    iv = Interview(load_flow("assessment.yaml"))
+    effects = six_committed_answers(iv, last_transcript=None)
+    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.committed")
+    # The reply goes out on the commit; the assessment waits for the sixth answer's words.
+    assert [type(e).__name__ for e in effects if isinstance(e, (StartJob, Send))] == ["Send"]
+
+
+def test_a_job_started_before_the_last_transcript_waits_for_it():
+    effects = six_committed_answers(Interview(load_flow("assessment.yaml")), last_transcript="after")
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 7)]
+
+
+def test_a_job_with_every_answer_transcribed_starts_at_once():
+    effects = six_committed_answers(Interview(load_flow("assessment.yaml")), last_transcript="before")
+    assert fired(effects)[-1] == ("listening", "ack_without_tool", "input.committed")
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 7)]
+
+
+def test_a_job_waits_for_a_transcript_at_most_transcript_wait():
+    iv = Interview(load_flow("assessment.yaml"))
+    six_committed_answers(iv, last_transcript=None)
+    assert feed(iv, [(56.0 + TRANSCRIPT_WAIT - 0.01, None)]) == []
+    effects = feed(iv, [(56.0 + TRANSCRIPT_WAIT, None)])
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 6)]  # the sixth never came
+    assert iv.turns[-1]["role"] == "candidate" and iv.turns[-1]["transcribed"] is False
+
+
+def test_a_failed_transcription_is_not_waited_for():
+    iv = Interview(load_flow("assessment.yaml"))
+    six_committed_answers(iv, last_transcript=None)
+    failed = server({"type": "conversation.item.input_audio_transcription.failed", "item_id": "u6",
+                     "content_index": 0, "error": {"type": "transcription_error", "message": "no"}})
+    effects = feed(iv, [(56.5, failed)])
+    assert job_inputs(effects) == [f"answer {n}" for n in range(1, 6)]
+    assert iv.turns[-1]["transcript_failed"] is True
 
 
 def test_job_timeout_cancels_it_and_the_flow_falls_back():
@@ -331,7 +409,7 @@ def test_final_state_waits_for_queued_audio_to_be_heard_then_hangs_up():
     assert fired(effects) == [("goodbye", "done", "after.0")] and not iv.done
     assert iv.next_deadline() == 30.0 + 15.0 + 2.0 + 5.0  # the queued audio's length plus a margin
     assert feed(iv, [(30.5, playback_done("resp_b")), (30.6, answer("u9", "ignored now"))]) == []
-    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", "completed")]
+    assert feed(iv, [(32.5, playback_done("resp_c"))]) == [End("reached final state 'done'", "completed_degraded")]
 
 
 def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes():
@@ -342,7 +420,7 @@ def test_final_state_hangs_up_after_a_bounded_wait_for_audio_that_never_finishes
     assert fired(effects)[-1] == ("goodbye", "done", "after.0") and not iv.done
     assert iv.next_deadline() == pytest.approx(26.0 + 0.8 + 5.0)  # the ack's 800 ms, plus the margin
     assert feed(iv, [(31.8, None)]) == [Log("warning", "hanging up with audio of 1 response(s) not yet heard"),
-                                         End("reached final state 'done'", "completed")]
+                                         End("reached final state 'done'", "completed_degraded")]
 
 
 def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
@@ -357,4 +435,245 @@ def test_audio_still_arriving_in_the_final_state_is_played_and_waited_for():
     assert effects == [Play("resp_c", "c", ""), EndAudio("resp_c")]
     assert iv.next_deadline() == pytest.approx(26.0 + 5.0 + 4.0)  # extended by the audio that came
     assert feed(iv, [(26.3, playback_done("resp_b")), (30.2, playback_done("resp_c"))])[-1] == End(
-        "reached final state 'done'", "completed")
+        "reached final state 'done'", "completed_degraded")
+
+
+# A stray id cannot poison the gate (issue 11 item 4) ----------------------------------------------
+
+
+def greeted(iv):
+    """Greeting heard, the candidate answered (committed): asking has sent r2."""
+    iv.start(0.0)
+    question(iv, "r1", "resp_1", 0.5)
+    effects = feed(iv, [(2.6, playback_done("resp_1")), (3.0, speech_started("u1")), (5.0, speech_stopped("u1")),
+                        (5.1, committed("u1"))])
+    assert iv.state == "asking" and tags(effects) == ["r2"]
+
+
+def test_a_stray_id_just_before_our_created_neither_blocks_the_gate_nor_steals_the_tool_call():
+    iv = Interview(load_flow("assessment.yaml"))
+    greeted(iv)
+    stray = server({"type": "output_audio_buffer.started", "response_id": "resp_random"})
+    effects = feed(iv, [(5.4, stray), (5.5, created("resp_2", "r2")),
+                        (5.6, tool_call("resp_2", "call_1", "trigger_assessment"))])
+    assert fired(effects) == [("asking", "ack", "tool.trigger_assessment")]
+    assert tags(effects) == []  # the ack waits for resp_2, which is in progress
+    assert tags(feed(iv, [(5.8, done("resp_2", "r2"))])) == ["r3"]  # ...and goes out once it is done
+    assert [(s["type"], s["response_id"], s["why"]) for s in iv.stale][0] == (
+        "output_audio_buffer.started", "resp_random", "names a response the server never showed")
+    assert Log("info", "output_audio_buffer.started names unknown response resp_random: recorded as stale "
+                       "(said once per event type)") in effects
+    # Said once per event type; recorded each time.
+    stale = iv.counts["stale"]
+    again = feed(iv, [(6.0, server({"type": "output_audio_buffer.started", "response_id": "resp_other"}))])
+    assert again == [] and iv.counts["stale"] == stale + 1
+
+
+def test_a_lost_created_then_playback_done_before_the_done_that_proves_it_ours_completes_the_join():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    # resp_1's response.created never arrives: its audio proves it runs, whoever asked for it.
+    assert feed(iv, [(0.5, audio("resp_1", "it1", 500)), (0.6, audio_done("resp_1", "it1"))]) == [
+        Play("resp_1", "it1", ""), EndAudio("resp_1")]
+    assert feed(iv, [(1.2, playback_done("resp_1"))]) == []  # held: whose is resp_1?
+    effects = feed(iv, [(1.3, done("resp_1", "r1"))])  # ours: the held playback.done counts
+    assert fired(effects) == [("greeting", "listening", "response.done")]
+    assert iv.stale == []
+
+
+def test_a_tagged_created_is_ours_even_after_its_audio_came_first():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.5, audio("resp_1", "it1", 500)), (0.6, created("resp_1", "r1")), (0.7, audio_done("resp_1", "it1")),
+              (0.8, playback_done("resp_1"))])
+    assert fired(feed(iv, [(0.9, done("resp_1", "r1"))])) == [("greeting", "listening", "response.done")]
+
+
+def test_the_events_held_for_a_response_that_turns_out_foreign_are_stale():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    feed(iv, [(0.5, audio("resp_x", "itx", 500)), (0.6, audio_done("resp_x", "itx")), (0.7, playback_done("resp_x"))])
+    effects = feed(iv, [(0.8, done("resp_x"))])  # untagged: the server's own
+    assert fired(effects) == [] and iv.state == "greeting"
+    assert [(s["type"], s["why"]) for s in iv.stale] == [("playback.done", "foreign response"),
+                                                       ("response.done", "foreign or duplicate response")]
+
+
+def test_a_presumed_response_that_goes_silent_is_released_and_the_next_request_goes_out():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    # The server runs a response we never saw created (and whose done is lost); ours waits behind it.
+    feed(iv, [(0.1, created("resp_a", "r1")), (0.15, transcript_done("resp_a", "a", "Thank you.")),
+              (0.2, done("resp_a", "r1")), (0.3, audio("resp_srv", "s", 100))])
+    feed(iv, [(0.4, job_done("assessment", SUMMARY))])
+    assert iv.state == "summary"
+    assert iv.next_deadline() == pytest.approx(0.3 + SILENCE_RELEASE)
+    assert tags(feed(iv, [(0.3 + SILENCE_RELEASE, None)])) == ["r2"]
+
+
+# Outcomes, limits, server errors ------------------------------------------------------------------
+
+
+def test_counts_say_what_happened():
+    iv = Interview(load_flow("assessment.yaml"))
+    greeted(iv)
+    feed(iv, [(5.4, server({"type": "output_audio_buffer.started", "response_id": "resp_random"}))])
+    assert iv.counts == {"responses": 2, "answers": 1, "timeouts": 0, "stale": 1}
+
+
+def test_a_rejected_session_update_ends_the_session_not_completed():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    effects = feed(iv, [(0.1, error("invalid_value", "Invalid value: 'nonsense'", "evt_1"))])
+    reason = "the server rejected the flow's session.update: invalid_value: Invalid value: 'nonsense'"
+    assert effects == [Log("error", reason), Save(reason), End(reason, "not_completed")]
+    assert iv.done
+
+
+def test_a_flow_that_handles_error_handles_a_rejected_session_update_itself():
+    flow = flow_from("""
+name: handles-errors
+initial: wait
+states:
+  wait:
+    transitions:
+      - {event: error, target: done}
+    after:
+      - {delay: 5s, target: done}
+  done: {final: true}
+""")
+    iv = Interview(flow)
+    iv.start(0.0)
+    effects = feed(iv, [(0.1, error("invalid_value", "bad", "evt_1"))])
+    assert fired(effects) == [("wait", "done", "error")]
+    assert effects[-1] == End("reached final state 'done'", "completed")
+
+
+def test_session_expired_ends_the_session_not_completed():
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    effects = feed(iv, [(0.1, error("session_expired", "Your session hit the maximum duration of 60 minutes."))])
+    reason = ("the server expired the session in state 'greeting': "
+              "Your session hit the maximum duration of 60 minutes.")
+    assert effects == [Log("error", reason), Save(reason), End(reason, "not_completed")]
+
+
+def test_max_duration_ends_the_session_saved_and_not_completed():
+    flow = flow_from("""
+name: bouncing
+initial: a
+states:
+  a:
+    transitions: [{event: session.closed, target: done}]
+    after: [{delay: 1s, target: b}]
+  b:
+    after: [{delay: 1s, target: a}]
+  done: {final: true}
+""")
+    iv = Interview(flow)
+    iv.start(100.0)
+    reason = "max_duration 60min reached in state 'a'"
+    assert iv.next_deadline() == 101.0
+    effects = feed(iv, [(100.0 + 3600.0, None)])
+    assert effects[-3:] == [Log("error", reason), Save(reason), End(reason, "not_completed")]
+    assert iv.done and iv.next_deadline() is None
+
+
+# The error state (issue 11 item 5) ---------------------------------------------------------------
+
+
+def test_a_bug_inside_the_core_ends_the_session_with_outcome_error_and_later_calls_raise(monkeypatch):
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+
+    def broken(self, rid):
+        raise KeyError("boom")
+
+    monkeypatch.setattr("engine.playback.Playback.played", broken)
+    effects = feed(iv, [(0.5, playback_done("resp_1"))])
+    assert effects == [Save("internal error"), End("internal error: KeyError: 'boom'", "error")]
+    assert iv.done and iv.next_deadline() is None
+    with pytest.raises(LocalProtocolError, match="error state"):
+        iv.receive(created("resp_1", "r1"), 0.6)
+    with pytest.raises(LocalProtocolError, match="error state"):
+        iv.advance(10.0)
+
+
+def test_a_bug_on_the_audio_hot_path_is_caught_too(monkeypatch):
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    monkeypatch.setattr("engine.playback.Playback.audio", lambda *a: 1 / 0)
+    effects = feed(iv, [(0.5, audio("resp_1", "it1", 100))])
+    assert effects[-1] == End("internal error: ZeroDivisionError: division by zero", "error")
+
+
+def test_start_twice_is_the_drivers_mistake():
+    iv = Interview(load_flow("seed.yaml"))
+    iv.start(0.0)
+    with pytest.raises(LocalProtocolError, match="already"):
+        iv.start(1.0)
+    assert not iv.done
+
+
+# Templates (issue 11 item 10) --------------------------------------------------------------------
+
+
+def test_what_a_template_substitutes_is_never_expanded_again():
+    flow = flow_from("""
+name: echo
+initial: listen
+states:
+  listen:
+    transitions:
+      - event: input.transcript
+        target: echo
+    after: [{delay: 30s, target: done}]
+  echo:
+    enter:
+      - respond: 'You said: "{last_answer}" ({answers} answers, {{literal}})'
+    after: [{delay: 30s, target: done}]
+  done: {final: true}
+""")
+    iv = Interview(flow)
+    iv.start(0.0)
+    effects = feed(iv, [(1.0, committed("u1")), (1.1, answer("u1", "my {answers} and {{ and {tool.x} }}"))])
+    [request] = sends(effects, "response.create")
+    assert request["response"]["instructions"] == (
+        'You said: "my {answers} and {{ and {tool.x} }}" (1 answers, {literal})')
+
+
+# Forks and sharing (issue 15 item 1) -------------------------------------------------------------
+
+
+def test_sessions_of_a_flow_share_one_machine_and_a_fork_shares_the_flow():
+    flow = load_flow("assessment.yaml")
+    a, b = Interview(flow), Interview(flow)
+    assert a._flow is b._flow
+    a.start(0.0)
+    snap = a.snapshot()
+    hash(snap)
+    for fork in (copy.deepcopy(a), copy.copy(a), Interview.restore(flow, snap)):
+        assert fork.snapshot() == snap and fork is not a and fork.flow is flow  # never a copy of the flow
+    unpickled = pickle.loads(pickle.dumps(a))
+    assert unpickled.snapshot() == snap and unpickled.flow == flow
+    effects = a.receive(created("resp_1", "r1"), 0.5), a.receive(audio("resp_1", "it1", 100), 0.6)
+    fork = Interview.restore(flow, snap)
+    assert (fork.receive(created("resp_1", "r1"), 0.5), fork.receive(audio("resp_1", "it1", 100), 0.6)) == effects
+
+
+def test_equal_states_give_equal_snapshots():
+    flow = load_flow("seed.yaml")
+    a, b = Interview(flow), Interview(flow)
+    for iv in (a, b):
+        iv.start(0.0)
+    # The same facts, learned in another order (events without ids, as an explorer sends them).
+    a.receive(Event("job.assessment.done", data={"result": SUMMARY}), 1.0)
+    a.receive(Event("playback.done", response_id="resp_z"), 1.0)
+    b.receive(Event("playback.done", response_id="resp_z"), 1.0)
+    b.receive(Event("job.assessment.done", data={"result": SUMMARY}), 1.0)
+    assert a.snapshot() == b.snapshot()
+
+
+def test_restore_refuses_what_is_not_a_snapshot():
+    with pytest.raises(LocalProtocolError):
+        Interview.restore(load_flow("seed.yaml"), ("something", "else"))

@@ -141,7 +141,7 @@ def test_overlay_from_the_command_line(tmp_path, capsys):
     assert render_flow.main([str(ROOT / "flows/assessment.yaml"), "--trace", str(trace), "--format", "dot",
                              "-o", str(out)]) == 0
     assert capsys.readouterr().out == ""
-    assert '"listening" -> "asking" [label="input.transcript", color="#d97706"' in out.read_text()
+    assert '"listening" -> "asking" [label="input.committed", color="#d97706"' in out.read_text()
     assert 'xlabel="#3"' in out.read_text()
 
 

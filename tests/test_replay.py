@@ -21,7 +21,7 @@ from engine.interview import Interview
 from engine.replay import coverage, edges, fired, replay
 from engine.trace import TraceWriter, read
 
-from helpers import (FLOWS, ROOT, answer, audio, audio_done, created, done, job_done, job_failed, load_flow,
+from helpers import (FLOWS, ROOT, answer, audio, audio_done, committed, created, done, job_done, job_failed, load_flow,
                      playback_done, playback_stopped, speech_started, speech_stopped, tool_call, transcript_done)
 
 SUMMARY = {"summary": "Your English is around B1.", "overall": {"band": "B1"}}
@@ -38,7 +38,7 @@ def spoken(t, rid, tag, ms=1500):
 SESSION_A = [
     *spoken(0.5, "resp_1", "r1"),
     (2.6, playback_done("resp_1")),
-    (3.0, speech_started("u1")), (5.0, speech_stopped("u1")), (6.0, answer("u1", "I am Ana.")),
+    (3.0, speech_started("u1")), (5.0, speech_stopped("u1")), (5.1, committed("u1")), (6.0, answer("u1", "I am Ana.")),
     (6.5, created("resp_2", "r2")), (6.6, tool_call("resp_2", "call_1", "trigger_assessment", "{}")),
     (6.7, done("resp_2", "r2")), (6.7, playback_done("resp_2")),  # no audio: the player reports at once
     *spoken(7.0, "resp_3", "r3"),
@@ -60,7 +60,7 @@ SESSION_B = [
     (1.5, speech_started("u1")), (1.6, playback_stopped("resp_1", "it_1", 900)), (2.5, speech_stopped("u1")),
     (41.5, None),
     *spoken(42.0, "resp_2", "r2"),
-    (45.0, speech_started("u2")), (47.0, answer("u2", "Sorry, yes.")),
+    (45.0, speech_started("u2")), (46.6, committed("u2")), (47.0, answer("u2", "Sorry, yes.")),
     (47.5, created("resp_3", "r3")), (47.6, tool_call("resp_3", "call_1", "trigger_assessment", "{}")),
     (47.7, done("resp_3", "r3")),
     *spoken(48.0, "resp_4", "r4"),
@@ -205,7 +205,7 @@ def test_coverage_command_prints_taken_never_taken_and_totals(trace_a, trace_b, 
     out = capsys.readouterr().out
     taken, _, never = out.partition("never taken:")
     assert re.search(r"states\.listening\.after\[0\] +listening -> nudge +after 40s +1\n", taken)
-    assert "states.listening.transitions[0]" in never and "input.transcript [enough_answers]" in never
+    assert "states.listening.transitions[0]" in never and "input.committed [enough_answers]" in never
     total = len(edges(load_flow("assessment.yaml"))) - 1
     assert f"states 9/10, transitions {len(set(PATH_A + PATH_B)) - 1}/{total}" in out
 

@@ -240,7 +240,8 @@ def test_no_key_token_or_audio_of_one_candidate_reaches_another_page(tmp_path):
             return a, b, outcomes, tokens
 
     a, b, outcomes, tokens = asyncio.run(main())
-    assert [o.outcome for o in outcomes] == ["completed", "completed"]
+    # (A's "microphone" is loud noise: a simulator that listens may hear it as extra turns.)
+    assert all(o.outcome in ("completed", "completed_degraded") for o in outcomes), outcomes
     for page, other, token in ((a, b, tokens[1]), (b, a, tokens[0])):
         text = "".join(f for f in page.frames if isinstance(f, str))
         audio = b"".join(f for f in page.frames if isinstance(f, bytes))

@@ -63,7 +63,7 @@ def speech_wav(path: Path, script: list[tuple[float, str]]) -> Path:
 
 async def take_interview(tmp_path: Path, wav: Path, drop_once: bool = False, **serve_options):
     """Open an invite link in Chromium, press Start, wait for the end. Returns what happened.
-    `drop_once`: the server closes the page's WebSocket once, after the first answer."""
+    `drop_once`: the server closes the page's WebSocket once, while the candidate talks."""
     from playwright.async_api import async_playwright
 
     sims: list = []
@@ -85,8 +85,8 @@ async def take_interview(tmp_path: Path, wav: Path, drop_once: bool = False, **s
                 assert await page.inner_text("#state") == "Not started"
                 await page.click("#start")
                 await page.wait_for_selector("#state[data-state='speaking']", timeout=30_000)
-                if drop_once:  # after the first answer, between the barge-in and the end
-                    await page.wait_for_selector("#transcript p.candidate", timeout=60_000)
+                if drop_once:  # once the candidate has talked over the question: nothing plays meanwhile
+                    await page.wait_for_selector("#state[data-state='listening']", timeout=60_000)
                     [link] = server.links.values()
                     await link._ws.close(1012, "the test drops the connection")  # type: ignore[union-attr]
                 await page.wait_for_selector("#state[data-state='over'], #state[data-state='failed']",

@@ -20,10 +20,11 @@ from typing import Annotated, Any, AsyncIterator, Callable
 import pytest
 from pydantic import Field, TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from engine import simulator as simmod
 from engine import tts
+from engine.sim import server as servermod
+from engine.sim.scenario import ACKNOWLEDGEMENT, CLOSING
 from engine.simulator import Faults, Persona, Simulator, load_persona, run_forever, simulator
 
 openai = pytest.importorskip("openai")
@@ -141,7 +142,7 @@ async def session(
 ) -> AsyncIterator[tuple[Simulator, Client]]:
     """A started simulator and one connected client; the session is updated like the engine does."""
     options.setdefault("speed", FAST)
-    async with simulator(**options) as sim, connect(sim.url + "?model=gpt-realtime") as ws:
+    async with simulator(**options) as sim, connect(sim.url + "?model=gpt-realtime", max_queue=None) as ws:  # never stops reading: a close is never stuck behind unread frames
         client = Client(ws)
         assert (await client.recv())["type"] == "session.created"
         if update is not None:
@@ -168,12 +169,21 @@ def of(response_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("response_id") == response_id or (e.get("response") or {}).get("id") == response_id]
 
 
-def short_persona(**changes: Any) -> Persona:
-    """The default persona with short answers, so multi-turn tests stay fast."""
+SHORT_ANSWERS = ["I like cycling and cooking.", "Lisbon, because it is sunny.", "I want a new job soon."]
+
+
+def short_persona(candidate: dict[str, Any] | None = None, interviewer: dict[str, Any] | None = None) -> Persona:
+    """The default persona with short answers, so multi-turn tests stay fast; `candidate` and
+    `interviewer` change fields of those parts."""
     data = load_persona().model_dump()
-    data["answers"] = ["I like cycling and cooking.", "Lisbon, because it is sunny.", "I want a new job soon."]
-    data.update(changes)
+    data["candidate"]["answers"] = list(SHORT_ANSWERS)
+    data["candidate"].update(candidate or {})
+    data["interviewer"].update(interviewer or {})
     return Persona.model_validate(data)
+
+
+def answers_of(persona: Persona) -> list[str]:
+    return [a if isinstance(a, str) else a.text or "" for a in persona.candidate.answers]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,7 +215,7 @@ async def test_question_turn_in_ga_order_then_the_candidate_answers() -> None:
 
         text = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
         question = sim.persona.interviewer.questions[0]
-        assert text.startswith("Hello, and welcome! I'm Sam") and text.endswith(question)
+        assert text == f"Hello, I'm Sam. {question}"  # the session's instructions name the interviewer
         assert next(e for e in events if e["type"] == "response.output_audio_transcript.done")["transcript"] == text
         assert done["status"] == "completed" and done["output"][0]["content"] == [{"type": "output_audio", "transcript": text}]
         audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
@@ -217,16 +227,18 @@ async def test_question_turn_in_ga_order_then_the_candidate_answers() -> None:
         answer = await client.until("conversation.item.input_audio_transcription.completed")
         assert [k for k in types(answer) if k in ANSWER] == ANSWER
         started, stopped = answer[0], next(e for e in answer if e["type"] == "input_audio_buffer.speech_stopped")
-        assert answer[-1]["transcript"] == sim.persona.answers[0] and answer[-1]["item_id"] == started["item_id"]
-        speaking_ms = len(sim.persona.answers[0].split()) * 60_000 / sim.persona.words_per_minute
-        assert stopped["audio_end_ms"] - started["audio_start_ms"] == pytest.approx(speaking_ms, abs=1)
+        first = answers_of(sim.persona)[0]
+        assert answer[-1]["transcript"] == first and answer[-1]["item_id"] == started["item_id"]
+        # audio_start_ms includes the prefix padding (300 ms), audio_end_ms the silence that ended the turn (500 ms).
+        speaking_ms = len(first.split()) * 60_000 / sim.persona.candidate.words_per_minute
+        assert stopped["audio_end_ms"] - started["audio_start_ms"] == pytest.approx(speaking_ms + 300 + 500, abs=2)
         user = next(e for e in answer if e["type"] == "conversation.item.added")["item"]
         assert user["role"] == "user" and user["content"][0]["type"] == "input_audio"
 
 
 @aio
 async def test_interview_reaches_the_tool_call_and_refuses_a_second_create() -> None:
-    persona = short_persona(questions_before_assessment=2)
+    persona = short_persona(interviewer={"tool_calls": [{"after_answers": 2, "say": CLOSING}]})
     async with session(persona=persona) as (sim, client):
         for number in range(2):
             events = await ask(client, metadata={"engine_request": f"q{number}"})
@@ -234,9 +246,9 @@ async def test_interview_reaches_the_tool_call_and_refuses_a_second_create() -> 
                 persona.interviewer.questions[number]
             )
             answer = await client.until("conversation.item.input_audio_transcription.completed")
-            assert answer[-1]["transcript"] == persona.answers[number]
+            assert answer[-1]["transcript"] == SHORT_ANSWERS[number]
 
-        # After questions_before_assessment answers: a closing line and the tool call, in one response.
+        # After the scenario's two answers: its closing line and the tool call, in one response.
         await client.send("response.create", response={"metadata": {"engine_request": "r3"}})
         second = await client.send("response.create", response={"metadata": {"engine_request": "r4"}})
         events = await client.until("response.done")
@@ -268,9 +280,10 @@ async def test_interview_reaches_the_tool_call_and_refuses_a_second_create() -> 
             "response.done",
         ]
         message, call = events[-1]["response"]["output"]
-        assert message["content"][0]["transcript"] == simmod.CLOSING_LINE
+        assert message["content"][0]["transcript"] == CLOSING
         assert call["type"] == "function_call" and call["name"] == "trigger_assessment"
-        assert json.loads(call["arguments"]) == {"reason": "enough answers"}
+        assert json.loads(call["arguments"]) == {"reason": "simulated reason"}  # from the tool's JSON Schema
+        assert sim.stats.calls == [("trigger_assessment", {"reason": "simulated reason"})]
         args_done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
         assert (args_done["call_id"], args_done["name"], args_done["arguments"]) == (call["call_id"], call["name"], call["arguments"])
         deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
@@ -286,23 +299,29 @@ async def test_interview_reaches_the_tool_call_and_refuses_a_second_create() -> 
         error = (await client.until("error"))[-1]["error"]
         assert error["event_id"] == bad and error["param"] == "item.call_id"
 
-        # The tool was called: the next question turn goes on with the questions.
+        # Right after the tool's output a response without instructions acknowledges it (what the Agents
+        # SDK sends); the one after goes on with the questions, and the tool is not called again.
+        events = await ask(client)
+        assert [o["type"] for o in events[-1]["response"]["output"]] == ["message"]
+        assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == ACKNOWLEDGEMENT
         events = await ask(client)
         assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == persona.interviewer.questions[2]
-        assert (await client.until("conversation.item.input_audio_transcription.completed"))[-1]["transcript"] == persona.answers[2]
+        assert (await client.until("conversation.item.input_audio_transcription.completed"))[-1]["transcript"] == SHORT_ANSWERS[2]
+        assert len(sim.stats.calls) == 1
 
 
 @aio
 async def test_questions_run_out_into_a_closing_line() -> None:
-    persona = short_persona(questions_before_assessment=1, interviewer={"name": "Kim", "questions": ["Where do you live?"]})
-    async with session(update={**ENGINE_SESSION, "tools": []}, persona=persona) as (sim, client):
+    persona = short_persona(interviewer={"name": "Kim", "questions": ["Where do you live?"], "closing": "That's all."})
+    update = {**ENGINE_SESSION, "instructions": "Be kind.", "tools": []}  # no name in the instructions
+    async with session(update=update, persona=persona) as (sim, client):
         events = await ask(client)
         spoken = events[-1]["response"]["output"][0]["content"][0]["transcript"]
-        assert spoken == "Hello, and welcome! I'm Kim, your interviewer today. Where do you live?"
+        assert spoken == "Hello, I'm Kim. Where do you live?"  # the scenario's name, then its question
         await client.until("conversation.item.input_audio_transcription.completed")
         events = await ask(client)  # no questions left and no tool declared: just the closing line
         assert [o["type"] for o in events[-1]["response"]["output"]] == ["message"]
-        assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == simmod.CLOSING_LINE
+        assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == "That's all."
         assert not any(e["type"].startswith("input_audio_buffer") for e in await client.probe())
 
 
@@ -312,8 +331,8 @@ async def test_instructions_decide_what_is_said() -> None:
         quoted = 'Tell the candidate, in your own words: "You did well." Then add "Goodbye!"'
         events = await ask(client, instructions=quoted, metadata={"engine_request": "r1"})
         assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == "You did well. Goodbye!"
-        events = await ask(client, instructions="Please wait a moment.")
-        assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == "Please wait a moment."
+        events = await ask(client, instructions="Please wait a moment.")  # never read aloud
+        assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == "One moment, please."
         later = await client.probe()
         assert not any(e["type"].startswith("input_audio_buffer") for e in later)  # no answer to statements
 
@@ -325,7 +344,8 @@ async def test_instructions_decide_what_is_said() -> None:
 @aio
 async def test_every_event_validates_with_the_sdk_types() -> None:
     faults = "shuffle_done,drop_transcript_done,duplicate,slow_done=0.5,collision=2,rate_limit=4"
-    persona = short_persona(questions_before_assessment=2, barge_in={"question": 2, "after_s": 0.3})
+    answers: list[Any] = [SHORT_ANSWERS[0], {"text": SHORT_ANSWERS[1], "barge_in_s": 0.3}, SHORT_ANSWERS[2]]
+    persona = short_persona({"answers": answers}, {"tool_calls": [{"after_answers": 2, "say": CLOSING}]})
     async with session(persona=persona, faults=faults, seed=3) as (sim, client):
         await ask(client, metadata={"engine_request": "r1"})
         await client.until("conversation.item.input_audio_transcription.completed")
@@ -483,7 +503,7 @@ async def test_only_the_realtime_path_is_served() -> None:
 
 @aio
 async def test_barge_in_cancels_the_question_with_turn_detected() -> None:
-    persona = short_persona(barge_in={"question": 1, "after_s": 0.5})
+    persona = short_persona({"answers": [{"text": SHORT_ANSWERS[0], "barge_in_s": 0.5}]})
     async with session(persona=persona, speed=50) as (sim, client):
         await client.send("response.create", response={"metadata": {"engine_request": "r1"}})
         events = await client.until("conversation.item.input_audio_transcription.completed")
@@ -492,7 +512,7 @@ async def test_barge_in_cancels_the_question_with_turn_detected() -> None:
         done = next(e for e in events if e["type"] == "response.done")["response"]
         assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected"
         assert "response.output_audio.done" in kinds and "response.output_item.done" in kinds  # done events still sent
-        assert events[-1]["transcript"] == persona.answers[0]
+        assert events[-1]["transcript"] == SHORT_ANSWERS[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -611,6 +631,92 @@ async def test_fault_disconnect_after() -> None:
         ServerEvent.validate_python(event)
 
 
+async def frames_until_closed(client: Client) -> ConnectionClosed:
+    """Read until the connection ends; the exception that ended it."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await client.recv()
+    return info.value
+
+
+@aio
+async def test_fault_close_after_is_a_normal_close() -> None:
+    async with session(update=None, faults="close_after=12") as (sim, client):
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedOK)
+    assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1000, "simulated normal close")
+    assert len(client.frames) == 12 and sim.stats.endings == ["close_after"]
+
+
+@aio
+async def test_fault_abort_after_drops_the_connection_without_a_close_frame() -> None:
+    async with session(update=None, faults="abort_after=12") as (sim, client):
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedError) and closed.rcvd is None and closed.sent is None
+    assert client.ws.close_code == 1006  # abnormal closure: no close frame either way
+    assert len(client.frames) == 12 and sim.stats.endings == ["abort_after"]
+
+
+@aio
+async def test_fault_freeze_after_answers_nothing_so_keepalive_ends_it() -> None:
+    async with simulator(speed=FAST, faults="freeze_after=2") as sim:
+        # The client's own keepalive is what must end a frozen server: 0.2 s ping, 0.2 s to answer.
+        async with connect(sim.url, ping_interval=None, close_timeout=0.2) as ws:
+            client = Client(ws)
+            await client.recv()  # session.created
+            await client.send("session.update", session=ENGINE_SESSION)
+            assert (await client.recv())["type"] == "session.updated"  # frame 2: then the freeze
+            await client.send("response.create")
+            pong = await ws.ping()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(pong, 0.5)  # nothing reads the ping any more
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)  # and nothing is sent: the response never starts
+        assert ws.close_code == 1006  # our close frame was never answered: the client gave up
+    assert len(client.frames) == 2 and sim.stats.events_sent == 2 and sim.stats.endings == ["freeze_after"]
+
+
+@aio
+async def test_fault_freeze_after_trips_the_clients_keepalive() -> None:
+    async with simulator(speed=FAST, faults="freeze_after=1") as sim:
+        async with connect(sim.url, ping_interval=0.1, ping_timeout=0.2, close_timeout=0.2) as ws:
+            client = Client(ws)
+            await client.recv()
+            closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedError) and closed.rcvd is None
+    assert closed.sent is not None and closed.sent.code == 1011  # websockets: "keepalive ping timeout"
+
+
+@aio
+async def test_fault_bad_utf8_after_makes_the_client_close_with_1007() -> None:
+    async with session(update=None, faults="bad_utf8_after=3") as (sim, client):
+        await client.send("session.update", session=ENGINE_SESSION)
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    assert isinstance(closed, ConnectionClosedError)
+    assert closed.sent is not None and closed.sent.code == 1007  # invalid frame payload data
+    assert len(client.frames) == 3  # the bad frame itself is never delivered
+    assert sim.stats.endings == ["closed by the client (1007)"]
+
+
+@aio
+async def test_fault_expire_after_sends_session_expired_then_closes() -> None:
+    async with session(update=None, faults="expire_after=5") as (sim, client):
+        await client.send("response.create")
+        closed = await frames_until_closed(client)
+    error = client.events[-1]
+    assert len(client.frames) == 6 and error["type"] == "error"
+    assert error["error"] == {"type": "invalid_request_error", "code": "session_expired",
+                              "message": "Your session hit the maximum duration of 60 minutes.",
+                              "param": None, "event_id": None}  # fmt: skip
+    ServerEvent.validate_python(error)
+    assert isinstance(closed, ConnectionClosedOK) and closed.rcvd is not None
+    assert (closed.rcvd.code, closed.rcvd.reason) == (1001, "Your session hit the maximum duration of 60 minutes.")
+    assert sim.stats.endings == ["expire_after"]
+
+
 @aio
 async def test_fault_rate_limit() -> None:
     async with session(faults="rate_limit=2") as (sim, client):
@@ -651,7 +757,7 @@ async def test_the_path_does_not_depend_on_speed() -> None:
     """At 100 000x every delay is ~0 and sending lags behind simulated time; the order must not change."""
 
     async def script(speed: float) -> list[str]:
-        persona = short_persona(barge_in={"question": 2, "after_s": 0.4})
+        persona = short_persona({"answers": [SHORT_ANSWERS[0], {"text": SHORT_ANSWERS[1], "barge_in_s": 0.4}]})
         async with session(persona=persona, seed=5, speed=speed, faults="duplicate") as (sim, client):
             for _ in range(3):
                 await ask(client)
@@ -665,38 +771,32 @@ def test_faults_parse() -> None:
     faults = Faults.parse(" shuffle_done, slow_done=2.5,collision=2 ,disconnect_after=120,rate_limit=1,")
     assert faults == Faults(shuffle_done=True, slow_done=2.5, collision=2, disconnect_after=120, rate_limit=1)
     assert Faults.parse(str(faults)) == faults and Faults.parse("") == Faults()
+    ending = Faults.parse("close_after=3,abort_after=4,freeze_after=5,bad_utf8_after=6,expire_after=7")
+    assert (ending.close_after, ending.abort_after, ending.freeze_after, ending.bad_utf8_after, ending.expire_after) == (3, 4, 5, 6, 7)
     for spec, message in [
         ("shufle_done", "unknown fault 'shufle_done' (did you mean 'shuffle_done'?)"),
         ("bogus", "unknown fault 'bogus'; known faults: shuffle_done,"),
         ("duplicate=3", "fault 'duplicate' takes no value"),
-        ("collision", "fault 'collision' needs a value: collision=<a positive integer>"),
-        ("collision=0", "fault 'collision' needs a positive integer, got '0'"),
-        ("slow_done=soon", "fault 'slow_done' needs a positive number of seconds, got 'soon'"),
-        ("rate_limit=1.5", "fault 'rate_limit' needs a positive integer, got '1.5'"),
+        ("collision", "fault 'collision' needs a value: collision=<a whole number, 1 to 1000000>"),
+        ("collision=0", "fault 'collision' needs a whole number, 1 to 1000000, got '0'"),
+        ("slow_done=soon", "fault 'slow_done' needs a number of seconds, 0 < x <= 3600, got 'soon'"),
+        ("slow_done=inf", "fault 'slow_done' needs a number of seconds, 0 < x <= 3600, got 'inf'"),
+        ("slow_done=nan", "fault 'slow_done' needs a number of seconds, 0 < x <= 3600, got 'nan'"),
+        ("slow_done=1e9", "fault 'slow_done' needs a number of seconds, 0 < x <= 3600, got '1e9'"),
+        ("close_after=" + "9" * 400, "fault 'close_after' needs a whole number, 1 to 1000000, got '9999"),
+        ("abort_after=" + "9" * 12, "fault 'abort_after' needs a whole number, 1 to 1000000, got '999999999999'"),
+        ("rate_limit=1.5", "fault 'rate_limit' needs a whole number, 1 to 1000000, got '1.5'"),
         ("garbage,garbage", "fault 'garbage' given twice"),
     ]:
         with pytest.raises(ValueError) as info:
             Faults.parse(spec)
-        assert str(info.value).startswith(message), str(info.value)
+        line = str(info.value)
+        assert line.startswith(message) and "\n" not in line and len(line) < 300, line
     with pytest.raises(ValueError, match="unknown fault"):
         simulator(faults="nope")
-
-
-def test_default_persona_file_matches_the_embedded_copy(tmp_path: Path) -> None:
-    from_file = load_persona(ROOT / "flows" / "personas" / "default.yaml")
-    assert from_file == load_persona() == load_persona("default") == Persona.model_validate(simmod._DEFAULT_PERSONA)
-    assert len(from_file.interviewer.questions) == 5 and from_file.questions_before_assessment == 4
-    assert all(25 <= len(answer.split()) <= 60 for answer in from_file.answers)
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: X\nanswers: [hi]\nmood: grumpy\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml: invalid persona: mood: Extra inputs are not permitted"):
-        load_persona(bad)
-    bad.write_text("name: X\nanswers: [hi]\nquestions_before_assessment: 9\n")
-    with pytest.raises(ValueError, match="fewer than questions_before_assessment"):
-        load_persona(bad)
-    with pytest.raises(FileNotFoundError):
-        load_persona(tmp_path / "missing.yaml")
+    for speed in (0, -1, float("inf"), float("nan"), 1e12):
+        with pytest.raises(ValueError, match="speed must be a number"):
+            simulator(speed=speed)
 
 
 def test_tts_without_espeak_returns_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -744,7 +844,7 @@ async def test_voices_speak_with_espeak_when_asked(fake_espeak: Path) -> None:
 
 
 def test_tone_has_the_length_of_the_words() -> None:
-    voices = simmod._Voices(speak=False)
+    voices = servermod._Voices(speak=False)
     assert len(voices.tone(2.5)) == 2500 * 48 and len(voices.tone(75.0)) == 75_000 * 48
     assert voices.tone(1.0) == voices.tone(2.0)[: 48_000]
 

@@ -32,6 +32,7 @@ from engine import flow as flowmod
 from engine.errors import FlowError
 from engine.flow import Flow
 from engine.replay import Edge, edges, fired
+from engine.source import Unreadable
 from engine.trace import event_from_record, read
 
 TAKEN, TAKEN_FILL, GREY, GREY_TEXT = "#d97706", "#fde68a", "#c8c8c8", "#a0a0a0"
@@ -442,8 +443,8 @@ def main(argv: list[str] | None = None, dot_binary: str = "dot") -> int:
         flow = flowmod.load(args.flow)
     except FlowError as exc:
         return fail(f"invalid flow:\n{exc}")
-    except OSError as exc:
-        return fail(f"{args.flow}: cannot read: {exc.strerror or exc}")
+    except Unreadable as exc:
+        return fail(str(exc))
     lines = None
     if args.trace is not None:
         try:

@@ -73,7 +73,7 @@ def _turns(raw: Any) -> list[Turn]:
     return out
 
 
-async def job(inputs: Mapping[str, Any]) -> dict:
+async def job(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The background job `assessment`. inputs = {"turns": [{"role": "candidate"|"interviewer",
     "text": str, "start": float|None, "end": float|None}, ...], "options": {"assessor":
     "auto"|"offline"|"model", ...}}. Returns Assessment.model_dump(mode="json"). A failing part

@@ -123,7 +123,7 @@ def metric_score(rule: Rule, value: float) -> float:
         value = -value
     if value <= points[0][0]:
         return points[0][1]
-    for (v0, s0), (v1, s1) in zip(points, points[1:]):
+    for (v0, s0), (v1, s1) in zip(points, points[1:], strict=False):
         if value <= v1:
             return s0 + (s1 - s0) * (value - v0) / (v1 - v0)
     return points[-1][1]

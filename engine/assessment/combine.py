@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from .bands import band_of, overall_score
-from .models import PART_NAMES, Assessment, BandScore, Part, Turn
+from .models import PART_NAMES, Assessment, BandScore, Part, PartName, Turn
 from .text import tokenize
 
 __all__ = ["AssessmentFailed", "run_parts", "assemble", "summary_text"]
@@ -45,14 +45,13 @@ def assemble(
     assessor: str = "offline",
 ) -> Assessment:
     """The Assessment from the parts that succeeded. Raises AssessmentFailed if none did."""
-    order = [*PART_NAMES, *sorted((set(results) | set(errors)) - set(PART_NAMES))]
     if not results:
-        detail = "; ".join(f"{p}: {errors[p]}" for p in order if p in errors) or "no parts ran"
+        detail = "; ".join(f"{p}: {e}" for p, e in errors.items()) or "no parts ran"
         raise AssessmentFailed(f"all assessment parts failed: {detail}")
-    parts = {p: results[p] for p in order if p in results}
+    parts: dict[PartName, Part] = {p: results[p] for p in PART_NAMES if p in results}
     score = overall_score({p: r.score for p, r in parts.items()})
     overall = BandScore(band=band_of(score), score=round(score, 2))
-    failed = [p for p in order if p in errors and p not in results]
+    failed: list[PartName] = [p for p in PART_NAMES if p in errors and p not in results]
     n_words = sum(
         1 for t in turns if t.role == "candidate" for tok in tokenize(t.text) if tok.kind == "word"
     )
@@ -77,11 +76,11 @@ def assemble(
     )
 
 
-def _and(items: list[str]) -> str:
+def _and(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def summary_text(overall: BandScore, parts: Mapping[str, Part], failed: Sequence[str]) -> str:
+def summary_text(overall: BandScore, parts: Mapping[PartName, Part], failed: Sequence[str]) -> str:
     """1-3 plain spoken sentences: the overall band, strongest and weakest area, what failed."""
     names = list(parts)
     if len(names) == 1:

@@ -109,8 +109,8 @@ def pauses(turns: Sequence[Turn]) -> Pauses:
         segs = [s for s in a.segments if _timed(s)]
         if segs and a.asked_at_end is not None and a.segments[0] is segs[0]:
             latencies.append(max(0.0, segs[0].start - a.asked_at_end))  # type: ignore[operator]
-        speech += sum(s.end - s.start for s in segs)  # type: ignore[operator]
-        for prev, nxt in zip(segs, segs[1:]):
+        speech += sum(s.end - s.start for s in segs if s.end is not None and s.start is not None)
+        for prev, nxt in zip(segs, segs[1:], strict=False):
             split = True
             gap = max(0.0, nxt.start - prev.end)  # type: ignore[operator]
             silence += gap
@@ -295,7 +295,10 @@ _PAST_FORMS = (
     "decided|watched|tried|used"
 )
 _AUX = frozenset(
-    ["do", "does", "did", "don't", "doesn't", "didn't", "will", "would", "can", "could", "should", "might", "must", "may", "shall", "let", "make", "makes", "made", "help", "helps", "helped", "see", "saw", "watch", "to"]
+    [
+        "do", "does", "did", "don't", "doesn't", "didn't", "will", "would", "can", "could", "should", "might", "must",
+        "may", "shall", "let", "make", "makes", "made", "help", "helps", "helped", "see", "saw", "watch", "to",
+    ]
 )
 
 # The documented error patterns. Each is a high-precision, low-recall signal over the

@@ -10,6 +10,7 @@ key is kept out of repr(), and redirects are refused so it is never re-sent to a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import urllib.error
@@ -144,7 +145,8 @@ class ModelAssessor:
             method="POST",
         )
         with self._opener.open(req, timeout=self.timeout_s) as resp:
-            return resp.read()
+            data: bytes = resp.read()
+            return data
 
     def _redact(self, text: str) -> str:
         if self._key:
@@ -167,10 +169,8 @@ def _describe(e: BaseException, timeout_s: float) -> str:
     """A short, key-free reason for a failed request."""
     if isinstance(e, urllib.error.HTTPError):
         detail = ""
-        try:
+        with contextlib.suppress(Exception):  # the body is only a nicety
             detail = str(json.loads(e.read() or b"{}").get("error", {}).get("message", ""))[:200]
-        except Exception:  # noqa: BLE001 - the body is only a nicety
-            pass
         return f"HTTP {e.code}" + (f": {detail}" if detail else "")
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)) or (
         isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError)

@@ -45,6 +45,7 @@ def _part_section(name: str, p: Part) -> list[str]:
         label = info.label if info else key
         if key in p.proxies:
             label += " \\*"
+        suggests: str
         if key in rules and value is not None:
             suggests = band_of(metric_score(rules[key], value))
         else:

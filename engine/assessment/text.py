@@ -70,7 +70,7 @@ def tokenize(text: str) -> list[Token]:
     fillers = _mark_fillers([(t.lower(), k) for t, k in raw])
     out: list[Token] = []
     at_start = True
-    for (t, kind), filler in zip(raw, fillers):
+    for (t, kind), filler in zip(raw, fillers, strict=False):
         initial = kind == "word" and not filler and at_start
         out.append(Token(t, kind, filler, initial))
         if kind == "end":
@@ -207,4 +207,23 @@ def stem(word: str) -> str:
 # --- word lists ------------------------------------------------------------------------------
 
 # Function words: excluded from "content words" in the sophistication measure.
-FUNCTION_WORDS = frozenset(["a", "an", "the", "this", "that", "these", "those", "some", "any", "no", "every", "each", "either", "neither", "all", "both", "half", "i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself", "he", "him", "his", "himself", "she", "her", "hers", "herself", "it", "its", "itself", "we", "us", "our", "ours", "ourselves", "they", "them", "their", "theirs", "themselves", "one", "ones", "someone", "something", "somebody", "anyone", "anything", "anybody", "everyone", "everything", "everybody", "nobody", "nothing", "who", "whom", "whose", "which", "what", "where", "when", "why", "how", "whatever", "whoever", "whichever", "and", "or", "but", "so", "nor", "yet", "because", "although", "though", "while", "whereas", "if", "unless", "whether", "since", "until", "as", "than", "then", "also", "too", "very", "really", "quite", "rather", "just", "only", "even", "still", "already", "again", "ever", "never", "not", "n't", "there", "here", "now", "well", "oh", "yes", "yeah", "okay", "ok", "in", "on", "at", "to", "from", "by", "with", "about", "into", "onto", "over", "under", "after", "before", "between", "through", "during", "without", "within", "of", "for", "off", "out", "up", "down", "around", "across", "against", "along", "among", "behind", "beyond", "near", "past", "per", "like", "be", "am", "is", "are", "was", "were", "been", "being", "have", "has", "had", "having", "do", "does", "did", "done", "doing", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "ought", "i'm", "you're", "he's", "she's", "it's", "we're", "they're", "i've", "you've", "we've", "they've", "i'd", "you'd", "he'd", "she'd", "we'd", "they'd", "i'll", "you'll", "he'll", "she'll", "we'll", "they'll", "isn't", "aren't", "wasn't", "weren't", "don't", "doesn't", "didn't", "haven't", "hasn't", "hadn't", "won't", "wouldn't", "can't", "couldn't", "shouldn't", "mustn't", "that's", "there's", "what's", "let's"])
+FUNCTION_WORDS = frozenset([
+    "a", "an", "the", "this", "that", "these", "those", "some", "any", "no", "every", "each", "either", "neither",
+    "all", "both", "half", "i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself", "he", "him", "his",
+    "himself", "she", "her", "hers", "herself", "it", "its", "itself", "we", "us", "our", "ours", "ourselves", "they",
+    "them", "their", "theirs", "themselves", "one", "ones", "someone", "something", "somebody", "anyone", "anything",
+    "anybody", "everyone", "everything", "everybody", "nobody", "nothing", "who", "whom", "whose", "which", "what",
+    "where", "when", "why", "how", "whatever", "whoever", "whichever", "and", "or", "but", "so", "nor", "yet",
+    "because", "although", "though", "while", "whereas", "if", "unless", "whether", "since", "until", "as", "than",
+    "then", "also", "too", "very", "really", "quite", "rather", "just", "only", "even", "still", "already", "again",
+    "ever", "never", "not", "n't", "there", "here", "now", "well", "oh", "yes", "yeah", "okay", "ok", "in", "on", "at",
+    "to", "from", "by", "with", "about", "into", "onto", "over", "under", "after", "before", "between", "through",
+    "during", "without", "within", "of", "for", "off", "out", "up", "down", "around", "across", "against", "along",
+    "among", "behind", "beyond", "near", "past", "per", "like", "be", "am", "is", "are", "was", "were", "been", "being",
+    "have", "has", "had", "having", "do", "does", "did", "done", "doing", "will", "would", "shall", "should", "can",
+    "could", "may", "might", "must", "ought", "i'm", "you're", "he's", "she's", "it's", "we're", "they're", "i've",
+    "you've", "we've", "they've", "i'd", "you'd", "he'd", "she'd", "we'd", "they'd", "i'll", "you'll", "he'll",
+    "she'll", "we'll", "they'll", "isn't", "aren't", "wasn't", "weren't", "don't", "doesn't", "didn't", "haven't",
+    "hasn't", "hadn't", "won't", "wouldn't", "can't", "couldn't", "shouldn't", "mustn't", "that's", "there's", "what's",
+    "let's",
+])
