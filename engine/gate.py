@@ -10,7 +10,8 @@ Rules of this module:
    response.created or response.done echoes that create's tag in `response.metadata`.
 4. Only events that prove a response exists on the server (its own `response.*` events) put it in
    progress. A response in progress that sends nothing for SILENCE_RELEASE seconds, and a create
-   that nothing answers for as long, are presumed over: one lost event never blocks the gate.
+   that nothing answers for CREATE_ANSWER_WAIT, are presumed over: one lost event never blocks the
+   gate.
 5. The gate is data and calls nobody. Each input returns the client events to send now; the
    interview asks questions (`busy`, `finished(rid)`, `request_of(rid)`) and never reads fields.
 
@@ -30,7 +31,8 @@ from typing import Any
 
 from .errors import LocalProtocolError
 
-__all__ = ["Gate", "GateState", "Request", "TABLE", "INPUTS", "SILENCE_RELEASE", "UNKNOWN_ACTIVE_WAIT",
+__all__ = ["Gate", "GateState", "Request", "TABLE", "INPUTS", "SILENCE_RELEASE", "CREATE_ANSWER_WAIT",
+           "UNKNOWN_ACTIVE_WAIT",
            "COLLISION_RETRIES", "RATE_LIMIT_BACKOFF", "is_collision", "is_rate_limited"]
 
 
@@ -55,7 +57,10 @@ TABLE: dict[GateState, dict[str, GateState]] = {
                        "free": REQUESTED},
 }
 
-SILENCE_RELEASE = 5.0  # seconds without an event of a response (or an answer to a create): presumed over
+SILENCE_RELEASE = 5.0  # seconds without an event of a response in progress: presumed over
+# A server answers a create at once (response.created, or an error) however long the response then
+# takes; only a lost frame leaves it unanswered. Longer than SILENCE_RELEASE: a slow start is no loss.
+CREATE_ANSWER_WAIT = 15.0
 UNKNOWN_ACTIVE_WAIT = 2.0  # a collision named a response we never saw: wait this long for it
 COLLISION_RETRIES = 1  # a create rejected as a collision is sent once more
 RATE_LIMIT_BACKOFF = (1.0, 2.0, 4.0)  # seconds before each re-send of a rate-limited response
@@ -160,7 +165,7 @@ class Gate:
     def next_deadline(self) -> float | None:
         times = [t + SILENCE_RELEASE for t in self._in_progress.values()]
         if self._pending is not None:
-            times.append(self._pending[2] + SILENCE_RELEASE)
+            times.append(self._pending[2] + CREATE_ANSWER_WAIT)
         if self._unknown_until is not None:
             times.append(self._unknown_until)
         if self.state is IDLE and self._queue and self._requests[self._queue[0]].not_before:
@@ -249,7 +254,7 @@ class Gate:
         """Time passed: release what has been silent too long, send what a backoff held back.
         Returns the requests given up (a create nothing answered) and the events to send."""
         given_up: list[Request] = []
-        if self._pending is not None and now >= self._pending[2] + SILENCE_RELEASE:
+        if self._pending is not None and now >= self._pending[2] + CREATE_ANSWER_WAIT:
             req = self._requests.pop(self._pending[0])
             self._pending = None
             self._move("reject")

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,7 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
             if a.get(key, _MISSING) != b.get(key, _MISSING):
                 return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             if x != y:
                 return _first_difference(x, y, f"{path}[{i}]")
     return path
@@ -299,9 +299,9 @@ def coverage_main(args: argparse.Namespace) -> int:
 
 def render_coverage(cov: Coverage) -> str:
     """Aligned text (stable, greppable, and the same in a terminal and a CI log)."""
-    def table(rows: list[tuple[str, ...]]) -> list[str]:
+    def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
     def arrow(e: Edge) -> str:
         return f"{e.source} -> {e.target or '(internal)'}"

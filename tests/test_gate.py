@@ -9,6 +9,7 @@ from engine.gate import (
     INPUTS,
     REQUESTED,
     REQUESTED_ACTIVE,
+    CREATE_ANSWER_WAIT,
     SILENCE_RELEASE,
     TABLE,
     UNKNOWN_ACTIVE_WAIT,
@@ -219,13 +220,14 @@ def test_a_response_silent_for_the_release_bound_is_presumed_over():
     assert not gate.finished("resp_x")  # presumed, not known: a later event of it proves it again
 
 
-def test_a_create_nothing_answers_is_given_up_after_the_release_bound():
+def test_a_create_nothing_answers_is_given_up_after_create_answer_wait():
     gate = in_state(REQUESTED)
     gate.request(Request("r2", "s"), 0.5, 2)
-    assert gate.next_deadline() == SILENCE_RELEASE
-    given_up, sent = gate.advance(SILENCE_RELEASE, 2)
+    assert gate.next_deadline() == CREATE_ANSWER_WAIT > SILENCE_RELEASE  # a slow start is not a loss
+    assert gate.advance(CREATE_ANSWER_WAIT - 0.01, 2) == ([], [])
+    given_up, sent = gate.advance(CREATE_ANSWER_WAIT, 2)
     assert [r.tag for r in given_up] == ["r1"] and sent == [create("r2", "evt_2")]
-    gate.created("resp_late", "r1", 6.0, 3)  # its response after all: no longer ours, but it is busy
+    gate.created("resp_late", "r1", CREATE_ANSWER_WAIT + 1, 3)  # its response after all: no longer ours, but it is busy
     assert gate.request_of("resp_late") is None and gate.state is REQUESTED_ACTIVE
 
 

@@ -265,8 +265,13 @@ def test_a_surrogate_and_markup_in_a_transcript(tmp_path):
     from engine.simulator import load_persona
 
     persona = load_persona(FLOWS / "personas" / "default.yaml")
-    odd = ["I am [inaudible] from Lyon \ud800 and I like it.", *persona.answers[1:]]
-    persona = persona.model_copy(update={"answers": odd})
+    from engine.sim.scenario import Answer
+
+    # No persona file can hold a lone surrogate (it would not be UTF-8), but a server can send one
+    # (JSON "\ud800"): build the answer without validation so the simulator transcribes it as is.
+    odd = ["I am [inaudible] from Lyon \ud800 and I like it."]
+    answers = [Answer.model_construct(text=odd[0]), *persona.candidate.answers[1:]]
+    persona = persona.model_copy(update={"candidate": persona.candidate.model_copy(update={"answers": answers})})
     stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # a terminal that must encode
     result, _, _ = run(tmp_path, persona=persona, view=Watch(stream=stream))
     assert result.ok, result.reason

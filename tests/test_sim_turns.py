@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.vloop import VirtualLoop  # noqa: E402  (moved from benchmarks/ by the driver stream)
+from engine.vloop import VirtualLoop  # noqa: E402
 
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
 
