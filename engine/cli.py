@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="the conversation test format of `engine test`")
     schema.set_defaults(func=_schema, kind="flow")
 
-    from .serve.main import add_invite_arguments, add_serve_arguments
+    from .serve.options import add_invite_arguments, add_serve_arguments
 
     serve = sub.add_parser("serve", help="serve interviews to candidates' browsers (invite links; /sessions view)")
     add_serve_arguments(serve)
