@@ -1,0 +1,188 @@
+"""The explorer's state key: what of a (core, world) pair decides everything that can follow.
+
+Two states with equal keys have the same futures (up to the names of ids and the texts of logs),
+so the search explores one of them. The key is read from `Interview.snapshot()` by its layout
+(interview.py `snapshot`: the `Model` fields in order, then the gate's, the playback's, the facts'
+and the recent-ids' snapshots) and from the world:
+
+1. Times are made relative to `now` (every deadline, timer and bound); absolute session time only
+   matters through `max_duration`, which the explorer never lets arrive (see search.py).
+2. Ids are renamed by their first appearance (responses, items, calls, request tags), and ids the
+   world will never name again (finished responses past their late events) are dropped from the
+   sets that are only looked up by id (`finished`, `answers`, `ended`, ...).
+3. Non-behavioural data is dropped: turn texts and timestamps, stale records, event-id counters,
+   counts, log-once sets, rendered instructions. What remains of the facts is what a guard or a
+   template can see: the answer count (capped at the flow's highest guard threshold), whether
+   each template name resolves, which candidate turns still await a transcript.
+4. The world's budgets (faults and answers left) are not in the key but beside it: a state with
+   more of both left can do all the other can, so it stands for it (search.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..conversation import Model
+from ..facts import thaw
+from ..flow import Flow, template_names
+from .world import Shape, World, _flow_texts
+
+__all__ = ["Keyer"]
+
+_M = {f.name: i for i, f in enumerate(dataclasses.fields(Model))}
+_STATE, _ASKING, _SEEN, _ASKED, _HELD, _DEADLINES, _JOBS, _HOLDS, _TIMEOUTS = (
+    _M[n] for n in ("state", "asking", "seen", "asked", "held", "deadlines", "jobs", "holds", "timeouts"))
+
+
+def _rel(t: float | None, now: float) -> float | None:
+    return None if t is None else round(t - now, 6)
+
+
+class Keyer:
+    """Computes keys for one flow (its guard thresholds and template names, computed once)."""
+
+    def __init__(self, flow: Flow, shape: Shape):
+        points: set[int] = set()
+        for g in flow.guards.values():
+            if g.min_answers is not None:
+                points.add(g.min_answers)
+            if g.max_answers is not None:
+                points.add(g.max_answers + 1)
+        # Answers beyond the highest threshold are all alike; below it each count differs (in how
+        # many more answers reach the threshold).
+        self._cap = max(points, default=0)
+        self._names = sorted({tuple(n.split(".")) for text in _flow_texts(flow) for n in template_names(text)})
+        self._resolves: dict[tuple[Any, Any], tuple[bool, ...]] = {}
+        self._shape = shape
+
+    def key(self, snap: tuple[Any, ...], world: World) -> tuple[Any, ...]:
+        if world.over is not None:
+            return ("over", world.over)
+        _, model, gate, playback, facts, _recent = snap
+        now = world.now
+        names: dict[str, int] = {}
+
+        def ren(x: str) -> int:
+            n = names.get(x)
+            if n is None:
+                n = names[x] = len(names)
+            return n
+
+        w = self._world_key(world, ren)
+        live = dict(names)  # everything the world may still name
+
+        def lv(x: str) -> int | None:
+            return live.get(x)
+
+        g = self._gate_key(gate, now, ren, lv)
+        m = self._model_key(model, now, names, lv)  # after the gate: the request tags are named
+        return (w, m, g, self._playback_key(playback, now, ren, lv), self._facts_key(facts, world, ren, lv))
+
+    # The world.
+
+    def _world_key(self, w: World, ren: Any) -> tuple[Any, ...]:
+        now = w.now
+        responses = tuple((ren(r.rid), ren(r.item), None if r.tag is None else ren(r.tag), r.state, r.tools, r.phase,
+                           tuple(sorted(r.sent)), _rel(r.since, now), _rel(r.audio_at, now), r.tagged, r.cancel,
+                           None if r.call is None else ren(r.call)) for r in w.responses)
+        creates = tuple((ren(c.tag), c.state, _rel(c.sent, now), c.tools) for c in w.creates)
+        recent = None
+        if w.recent is not None:
+            r = w.recent
+            recent = (ren(r.rid), ren(r.item), None if r.tag is None else ren(r.tag), tuple(sorted(r.sent)), r.status)
+        playq = tuple((ren(rid), seconds, _rel(ended, now)) for rid, _, seconds, ended in w.playq)
+        stops = tuple((None if e.response_id is None else ren(e.response_id), e.data.get("played_ms"),
+                       tuple(ren(r) for r in e.data.get("dropped", ()))) for e in w.stops)
+        cand = (w.cand, None if w.item is None else ren(w.item), None if w.pending_tx is None else ren(w.pending_tx))
+        owed = tuple((ren(c), s) for c, s in w.owed)
+        muted = tuple(sorted(ren(r) for r in w.muted if r in _names_of(w)))
+        heard = tuple(sorted(ren(r) for r in w.heard))
+        # The budgets (faults and answers left) are not in the key: a state with more of both left
+        # covers the same state with less (search.py keeps the largest seen per key).
+        return (responses, creates, recent, playq, _rel(w.head_since, now) if w.playq else None, stops, muted,
+                cand, tuple(sorted(w.jobs)), owed, w.passed, w.closed, heard, w.fallback)
+
+    # The core, by the snapshot's layout.
+
+    def _model_key(self, model: tuple[Any, ...], now: float, named: dict[str, int], lv: Any) -> tuple[Any, ...]:
+        # A tag the gate and the world no longer know answers nothing that can still arrive.
+        asked = tuple(sorted(named[t[1]] for t in model[_ASKED][1] if t[1] in named))
+        held = tuple(sorted((lv(rid), events) for rid, events in model[_HELD][1] if lv(rid) is not None))
+        deadlines = tuple(sorted((round(d[1][0][1] - now, 6), d[1][1][1]) for d in model[_DEADLINES][1]))
+        jobs = tuple(sorted((name, round(t[1] - now, 6)) for name, t in model[_JOBS][1]))
+        holds = tuple(sorted((name, round(t[1] - now, 6)) for name, t in model[_HOLDS][1]))
+        return (model[_STATE][1], model[_ASKING][1], model[_SEEN], asked, held, deadlines, jobs, holds,
+                model[_TIMEOUTS][1] > 0)
+
+    def _gate_key(self, gate: tuple[Any, ...], now: float, ren: Any, lv: Any) -> tuple[Any, ...]:
+        state, requests, queue, pending, progress, unknown, answers, finished, superseded = gate
+        reqs = tuple((ren(tag), asker, dict(body).get("tool_choice"), collisions, rate_limits,
+                      max(0.0, round(not_before - now, 6)) if not_before else 0.0, wanted)
+                     for tag, asker, body, collisions, rate_limits, not_before, wanted in requests)
+        return (state, reqs, tuple(ren(t) for t in queue),
+                None if pending is None else (ren(pending[0]), round(pending[2] - now, 6)),
+                tuple(sorted((ren(rid), round(t - now, 6)) for rid, t in progress)), _rel(unknown, now),
+                tuple(sorted((lv(rid), ren(tag)) for rid, tag in answers if lv(rid) is not None)),
+                tuple(sorted(lv(r) for r in finished if lv(r) is not None)),
+                tuple(sorted(lv(r) for r in superseded if lv(r) is not None)))
+
+    def _playback_key(self, pb: tuple[Any, ...], now: float, ren: Any, lv: Any) -> tuple[Any, ...]:
+        items, responses, heard, ended, playing, silenced, hangup, hangup_at = pb
+        playing_set = set(playing)
+        return (tuple(sorted((lv(i), b) for i, b in items if lv(i) is not None)),
+                tuple(sorted((ren(r), b) for r, b in responses if r in playing_set or lv(r) is not None)),
+                tuple(sorted((lv(i), ms) for i, ms in heard if lv(i) is not None)),
+                tuple(sorted(lv(r) for r in ended if lv(r) is not None)),
+                tuple(sorted(ren(r) for r in playing)),
+                tuple(sorted(lv(r) for r in silenced if lv(r) is not None)),
+                hangup, _rel(hangup_at, now))
+
+    def _facts_key(self, facts: tuple[Any, ...], world: World, ren: Any, lv: Any) -> tuple[Any, ...]:
+        turns, results, args, call_id, answers, candidate, ended, _speech, _names, handled = facts
+        resolves = self._resolves.get((results, args))
+        if resolves is None:
+            resolves = self._resolves[(results, args)] = self._resolve(thaw(results), thaw(args))
+        ended_set = set(ended)
+        awaiting = False
+        for turn in turns[1]:
+            t = dict(turn[1])
+            if (t["role"][1] == "candidate" and t["item_id"][1] in ended_set and not t["transcribed"][1]
+                    and "transcript_failed" not in t):
+                awaiting = True
+                break
+        index = dict(candidate)
+        mine = []
+        for item in (world.item, world.pending_tx):
+            if item is None:
+                continue
+            turn = dict(turns[1][index[item]][1]) if item in index else None
+            mine.append((ren(item), item in ended_set, turn is not None and turn["transcribed"][1],
+                         turn is not None and "transcript_failed" in turn))
+        marks = tuple(sorted((kind, lv(x)) for kind, x in handled if lv(x) is not None))
+        return (min(answers, self._cap), resolves, awaiting, tuple(mine), marks,
+                None if call_id is None else lv(call_id) if lv(call_id) is not None else -1)
+
+    def _resolve(self, results: dict[str, Any], args: dict[str, Any]) -> tuple[bool, ...]:
+        context: dict[str, Any] = {"answers": 0, "last_answer": "", "tool": args, **results}
+        out = []
+        for parts in self._names:
+            found: Any = context
+            for part in parts:
+                if not (isinstance(found, dict) and part in found):
+                    found = _MISSING
+                    break
+                found = found[part]
+            out.append(found is not _MISSING)
+        return tuple(out)
+
+
+_MISSING = object()
+
+
+def _names_of(w: World) -> set[str]:
+    """Response ids the world may still name (in progress, last finished, queued for playback)."""
+    ids = {r.rid for r in w.responses} | {rid for rid, _, _, _ in w.playq}
+    if w.recent is not None:
+        ids.add(w.recent.rid)
+    return ids

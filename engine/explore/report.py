@@ -1,0 +1,152 @@
+"""`engine check --explore`: explore each flow, print what was found, write the counterexamples.
+
+Each violation is one line, `path:line:col: <property>: state '<s>': <detail>; counterexample:
+DIR/<file>.trace.jsonl (N steps)`, where the position is the state's in the flow file. The trace is
+written the way `engine run` writes one (engine.trace.TraceWriter, from a fresh core), so `engine
+replay` reproduces it and `tools/render_flow.py FLOW --trace FILE` draws it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import flow as flowmod
+from ..errors import FlowError
+from ..source import Document, Unreadable, read_yaml
+from ..trace import TraceWriter, flow_identity
+from .search import Bounds, Result, Violation, explore, rerun
+from .world import PROPERTIES
+
+__all__ = ["check_main", "write_trace", "summary"]
+
+TRACE_FORMAT = "engine-trace/2"
+
+
+def check_main(args: argparse.Namespace) -> int:
+    """`engine check --explore FLOW...`: 0 clean (warnings allowed), 1 violations or flow errors,
+    2 unreadable."""
+    bounds = Bounds(answers=args.answers, depth=args.depth, budget=args.budget, faults=args.faults)
+    status = 0
+    for path in args.flows:
+        try:
+            problems = flowmod.check(path)
+        except Unreadable as exc:
+            print(exc, file=sys.stderr)
+            status = max(status, 2)
+            continue
+        for problem in problems:
+            print(problem)
+        if any(not p.warning for p in problems):
+            status = max(status, 1)
+            continue
+        try:
+            flow = flowmod.load(path)
+        except (FlowError, Unreadable) as exc:  # changed since the check: report it as it is
+            print(exc, file=sys.stderr)
+            status = max(status, 2)
+            continue
+        result = explore(flow, bounds)
+        print(summary(result, path))
+        for line in findings(result, path, args.out):
+            print(line)
+        if result.violations:
+            status = max(status, 1)
+    return status
+
+
+def summary(result: Result, path: Path) -> str:
+    rate = result.explored / result.seconds if result.seconds > 0 else 0.0
+    cut = "complete" if result.complete else f"cut by the {result.cut}"
+    return (f"{path}: explored {result.explored} states ({result.distinct} distinct, {result.transitions} "
+            f"transitions between them), flow transitions covered {result.covered}/{result.flow_transitions}, "
+            f"{rate:.0f} states/s, {result.seconds:.1f} s; {cut} (depth {result.bounds.depth}, answers "
+            f"{result.answers}, faults {result.bounds.faults})")
+
+
+def findings(result: Result, path: Path, out: Path) -> list[str]:
+    """The violation lines (writing their traces under `out`), then the warnings."""
+    doc = _document(path)
+    folder = out / path.stem
+    lines = []
+    order = list(PROPERTIES)
+    for v in sorted(result.violations, key=lambda v: (order.index(v.finding.prop), len(v.labels))):
+        f = v.finding
+        trace, steps = write_trace(result, v, folder)
+        line, col = _position(doc, ("states", f.state))
+        lines.append(f"{path}:{line}:{col}: {f.prop}: state '{f.state}': {f.detail}; counterexample: {trace} "
+                     f"({steps} steps)")
+    for w in result.warnings:
+        loc = ("states", w.state) if w.via is None else _loc(w.via)
+        line, col = _position(doc, loc)
+        lines.append(f"{path}:{line}:{col}: warning: {w.message}")
+    return lines
+
+
+def write_trace(result: Result, violation: Violation, folder: Path) -> tuple[Path, int]:
+    """Write `violation`'s counterexample from a fresh core; returns the file and its input count."""
+    f = violation.finding
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{f.prop}-{f.state}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.trace.jsonl"
+    steps = rerun(result.flow, result.bounds, result.answers, violation.labels)
+    meta: dict[str, Any] = {"format": TRACE_FORMAT, "engine": _version(), **flow_identity(result.flow.path),
+                            "session": f"explore:{name}",
+                            "explore": {"property": f.prop, "state": f.state, "detail": f.detail,
+                                        "moves": violation.labels, "answers": result.answers,
+                                        "faults": result.bounds.faults,
+                                        "reproduced": any(x.prop == f.prop for x in steps[-1].findings)}}
+    writer = TraceWriter(path, meta)
+    inputs = 0
+    try:
+        for step in steps:
+            for t, event, effects in step.outputs:
+                if event == "start":
+                    writer.start(t)
+                elif event is None:
+                    writer.advance(t)
+                    inputs += 1
+                else:
+                    writer.event(t, event)
+                    inputs += 1
+                writer.effects(t, effects)
+    finally:
+        writer.close()
+    return path, inputs
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("engine")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _document(path: Path) -> Document | None:
+    try:
+        return read_yaml(path)
+    except Unreadable:
+        return None
+
+
+def _loc(via: str) -> tuple[Any, ...]:
+    """`states.a.transitions[2]` -> ("states", "a", "transitions", 2)."""
+    match = re.fullmatch(r"states\.(.+)\.(transitions|after)\[(\d+)\]", via)
+    return ("states", match[1], match[2], int(match[3])) if match else ()
+
+
+def _position(doc: Document | None, loc: tuple[Any, ...]) -> tuple[int, int]:
+    if doc is None:
+        return 1, 1
+    while loc:
+        if loc in doc.keys:
+            return doc.keys[loc]
+        if loc in doc.values:
+            return doc.values[loc]
+        loc = loc[:-1]
+    return 1, 1

@@ -1,0 +1,417 @@
+"""Breadth-first exploration of a flow through the real core, and the properties read off it.
+
+Rules of this module:
+1. The core is driven only through its public API: `start`, `receive`, `advance`,
+   `next_deadline`, `snapshot` and `Interview.restore` (every branch forks a snapshot). The key
+   (key.py) reads the snapshot by its documented layout.
+2. Breadth-first, so the first time a property fails it fails on a shortest input sequence; each
+   (property, state) is reported once. States with equal keys are merged.
+3. The only clock read is the wall-clock budget (`Bounds.budget`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..conversation import Model
+from ..effects import Effect
+from ..flow import Flow
+from ..interview import Interview
+from ..replay import edges
+from .key import Keyer
+from .world import CANDIDATE, Finding, Move, Shape, World
+
+__all__ = ["Bounds", "Result", "Violation", "Warning_", "explore", "default_answers", "rerun", "Step"]
+
+_M = {f.name: i for i, f in enumerate(dataclasses.fields(Model))}
+_SEEN, _STARTED, _DEADLINES, _JOBS, _HOLDS = (_M[n] for n in ("seen", "started", "deadlines", "jobs", "holds"))
+_CHECK_EVERY = 256  # children between two looks at the wall clock
+
+
+@dataclass(frozen=True)
+class Bounds:
+    answers: int | None = None  # candidate turns per path (None: enough for every guard of the flow)
+    depth: int = 400  # moves per path
+    budget: float = 60.0  # seconds of wall-clock time
+    faults: int = 1  # faults per path (lost or duplicated events, strays, collisions, ...)
+
+
+@dataclass
+class Violation:
+    finding: Finding
+    node: int  # where it shows (the node reached by the last move)
+    labels: list[str]  # the moves from the start, by label
+
+
+@dataclass
+class Warning_:
+    kind: str  # "unreachable-transition" | "unreachable-state" | "timeout-only-join"
+    state: str
+    via: str | None
+    message: str
+
+
+@dataclass
+class Result:
+    flow: Flow
+    bounds: Bounds
+    answers: int
+    explored: int = 0  # states expanded
+    distinct: int = 0  # distinct keys
+    transitions: int = 0  # edges computed between states
+    fired: set[str] = field(default_factory=set)  # vias of the flow taken on some path
+    violations: list[Violation] = field(default_factory=list)
+    warnings: list[Warning_] = field(default_factory=list)
+    complete: bool = True  # False: the depth or the budget cut the search
+    cut: str = ""  # what cut it
+    seconds: float = 0.0
+    visited: dict[str, int] = field(default_factory=dict)  # order checks: what the model did, by label
+
+    @property
+    def flow_transitions(self) -> int:
+        return sum(1 for e in edges(self.flow) if e.via != "initial")
+
+    @property
+    def covered(self) -> int:
+        return sum(1 for e in edges(self.flow) if e.via != "initial" and e.via in self.fired)
+
+
+def default_answers(flow: Flow) -> int:
+    """Candidate turns enough to make every guard of the flow both true and false."""
+    points = [g.min_answers for g in flow.guards.values() if g.min_answers is not None]
+    points += [g.max_answers + 1 for g in flow.guards.values() if g.max_answers is not None]
+    return max([2, *points])
+
+
+@dataclass
+class _Node:
+    parent: int
+    label: str
+    depth: int
+    state: str
+    closed: bool = False  # the connection is gone: what follows is no matter of the flow's liveness
+
+
+@dataclass(frozen=True)
+class Step:
+    """One move of a rerun: its inputs and, after each, the effects the core produced."""
+
+    move: Move
+    outputs: list[tuple[float, Any, list[Effect]]]  # (t, event or None, effects)
+    findings: list[Finding]
+
+
+def _deadline(iv: Interview, snap: tuple[Any, ...], shape: Shape) -> tuple[float | None, float | None, int]:
+    """The core's next deadline, unless it is only the max_duration limit (never let arrive: a
+    session that only that limit would end is a livelock or a stall, reported as such); and the
+    earliest of the flow's own timers, read from the snapshot (state timeouts, jobs, holds, the
+    hang-up wait)."""
+    d = iv.next_deadline()
+    model = snap[1]
+    started = model[_STARTED][1]
+    if d is None or (started is not None and d >= started + shape.max_duration):
+        d = None
+    timers = [t[1][0][1] for t in model[_DEADLINES][1]]
+    timers += [t[1] for _, t in model[_JOBS][1]] + [t[1] for _, t in model[_HOLDS][1]]
+    hangup_at = snap[3][7]
+    if hangup_at != float("inf"):
+        timers.append(hangup_at)
+    return d, min(timers, default=None), len(snap[2][2])  # and the gate's queue (its layout: gate.snapshot)
+
+
+def _feed(iv: Interview, world: World, move: Move, shape: Shape, fired: set[str],
+          findings: list[Finding], outputs: list[tuple[float, Any, list[Effect]]] | None = None) -> None:
+    world.step(move)
+    for t, event in move.inputs:
+        world.now = t
+        effects = iv.advance(t) if event is None else iv.receive(event, t)
+        if outputs is not None:
+            outputs.append((t, event, effects))
+        world.apply(effects, shape, fired, findings, iv.state)
+
+
+def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
+    """Every order of events the world can produce for `flow`, within `bounds`."""
+    answers = default_answers(flow) if bounds.answers is None else bounds.answers
+    shape = Shape.of(flow, answers, bounds.faults)
+    keyer = Keyer(flow, shape)
+    result = Result(flow, bounds, answers)
+    t0 = time.monotonic()
+
+    iv = Interview(flow)
+    world = World(faults=bounds.faults)
+    findings: list[Finding] = []
+    world.apply(iv.start(0.0), shape, result.fired, findings, iv.state)
+    snap = iv.snapshot()
+    nodes = [_Node(-1, "start", 0, iv.state)]
+    # key -> the nodes with that key and their budgets (faults, answers left); a new state whose
+    # budgets are both at most those of a node with its key is that node.
+    keys: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {keyer.key(snap, world): [(0, world.faults, 0)]}
+    succ: list[list[int]] = [[]]
+    tsucc: list[list[tuple[int, str]]] = [[]]  # time edges: (child, label)
+    terminal: dict[int, str] = {}
+    expanded: set[int] = set()
+    reported: set[tuple[str, str]] = set()
+
+    def report(fs: list[Finding], node: int, labels: list[str]) -> None:
+        for f in fs:
+            if (f.prop, f.state) not in reported:
+                reported.add((f.prop, f.state))
+                result.violations.append(Violation(f, node, labels))
+
+    def labels_to(node: int) -> list[str]:
+        out = []
+        while node > 0:
+            out.append(nodes[node].label)
+            node = nodes[node].parent
+        return out[::-1]
+
+    report(findings, 0, [])
+    frontier: deque[tuple[int, tuple[Any, ...], World, tuple[float | None, float | None, int]]] = deque()
+    frontier.append((0, snap, world, _deadline(iv, snap, shape)))
+    count, out_of_time = 0, False
+    while frontier and not out_of_time:
+        n, snap, world, (deadline, timer, queued) = frontier.popleft()
+        node = nodes[n]
+        if node.depth >= bounds.depth:
+            result.complete, result.cut = False, f"depth {bounds.depth}"
+            continue
+        moves = world.moves(shape, deadline, timer, queued, node.state)
+        _check_stall(world, shape, deadline, node.state, n, report, labels_to)
+        children: list[tuple[int, Move]] = []
+        for move in moves:
+            count += 1
+            if count % _CHECK_EVERY == 0 and time.monotonic() - t0 > bounds.budget:
+                out_of_time = True
+                break
+            child_iv = Interview.restore(flow, snap)
+            w = world.copy()
+            fs: list[Finding] = []
+            _feed(child_iv, w, move, shape, result.fired, fs)
+            result.transitions += 1
+            kind = move.label.split(" (")[0]
+            result.visited[kind] = result.visited.get(kind, 0) + 1
+            if w.over is not None:  # the session ended: nothing of its state matters any more
+                csnap, key = (), ("over", w.over)
+            else:
+                csnap = child_iv.snapshot()
+                if move.op == "tool":
+                    w.took_tool_call(s[1] for s in csnap[1][_SEEN][1])
+                key = keyer.key(csnap, w)
+            same = keys.setdefault(key, [])
+            c = next((i for i, f, g in same if f >= w.faults and g <= w.given), None)
+            if c is None:
+                c = len(nodes)
+                same.append((c, w.faults, w.given))
+                nodes.append(_Node(n, move.label, node.depth + 1, child_iv.state, w.closed))
+                succ.append([])
+                tsucc.append([])
+                if w.over is not None:
+                    terminal[c] = w.over
+                elif any(f.prop == "double-create" for f in fs):
+                    terminal[c] = "violation"  # the world is inconsistent past a collision
+                else:
+                    frontier.append((c, csnap, w, _deadline(child_iv, csnap, shape)))
+            if fs:
+                report(fs, c, labels_to(n) + [move.label])
+            children.append((c, move))
+        if out_of_time:  # a node half expanded counts as not expanded
+            frontier.appendleft((n, snap, world, (deadline, timer, queued)))
+            break
+        expanded.add(n)
+        result.explored += 1
+        succ[n] = [c for c, _ in children]
+        tsucc[n] = [(c, m.label) for c, m in children if m.time]
+    if frontier:
+        result.complete = False
+        result.cut = f"budget {bounds.budget:g}s" if out_of_time else result.cut or f"depth {bounds.depth}"
+    result.distinct = len(nodes)
+    unexpanded = {i for i in range(len(nodes)) if i not in expanded and i not in terminal}
+    _check_livelock(nodes, tsucc, expanded, report, labels_to)
+    _check_final(nodes, succ, terminal, unexpanded, expanded, report, labels_to)
+    result.warnings = _coverage_warnings(flow, result, nodes)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _check_stall(world: World, shape: Shape, deadline: float | None, state: str, n: int, report: Any,
+                 labels_to: Any) -> None:
+    """Nothing can happen: no deadline, nothing the world has started, no event the state awaits
+    that may still come (the candidate may always speak; a running job may report)."""
+    if deadline is not None or not world.quiet() or world.over is not None:
+        return
+    triggers = shape.triggers.get(state, frozenset())
+    possible = {f"job.{j}.{end}" for j in world.jobs for end in ("done", "failed")}
+    if not world.closed:
+        possible |= CANDIDATE
+    if triggers & possible:
+        return
+    waits = ", ".join(sorted(triggers)) or "nothing"
+    report([Finding("stall", state, f"no deadline is pending and none of the events it waits for ({waits}) "
+                                    f"can come")], n, labels_to(n))
+
+
+def _check_livelock(nodes: list[_Node], tsucc: list[list[tuple[int, str]]], expanded: set[int], report: Any,
+                    labels_to: Any) -> None:
+    """Cycles of time moves alone: timeouts bouncing with no event from outside."""
+    for component in _cycles(tsucc, expanded):
+        entry = min(component, key=lambda i: nodes[i].depth)
+        cycle = _cycle_labels(entry, component, tsucc)
+        states = sorted({nodes[i].state for i in component})
+        report([Finding("livelock", nodes[entry].state,
+                        f"timeouts alone cycle through {', '.join(repr(s) for s in states)} and never end the "
+                        f"session")], entry, labels_to(entry) + cycle)
+
+
+def _cycles(tsucc: list[list[tuple[int, str]]], expanded: set[int]) -> Iterator[set[int]]:
+    """Strongly connected components of the time-edge graph that contain a cycle (Tarjan, iterative)."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on: set[int] = set()
+    stack: list[int] = []
+    counter = 0
+    for root in sorted(i for i in expanded if tsucc[i]):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            v, i = work.pop()
+            if i == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                stack.append(v)
+                on.add(v)
+            recurse = False
+            children = tsucc[v]
+            while i < len(children):
+                w = children[i][0]
+                i += 1
+                if w not in index:
+                    work.append((v, i))
+                    work.append((w, 0))
+                    recurse = True
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            if recurse:
+                continue
+            if low[v] == index[v]:
+                comp = set()
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.add(w)
+                    if w == v:
+                        break
+                if len(comp) > 1 or any(c == v for c, _ in tsucc[v]):
+                    yield comp
+            if work:
+                u = work[-1][0]
+                low[u] = min(low[u], low[v])
+
+
+def _cycle_labels(entry: int, component: set[int], tsucc: list[list[tuple[int, str]]]) -> list[str]:
+    """The moves once around a cycle from `entry` back to it (breadth-first inside the component)."""
+    back: dict[int, tuple[int, str]] = {}
+    queue = deque([entry])
+    seen = {entry}
+    while queue:
+        v = queue.popleft()
+        for w, label in tsucc[v]:
+            if w == entry:
+                path = [label]
+                while v != entry:
+                    v, lab = back[v]
+                    path.append(lab)
+                return path[::-1]
+            if w in component and w not in seen:
+                seen.add(w)
+                back[w] = (v, label)
+                queue.append(w)
+    return []
+
+
+def _check_final(nodes: list[_Node], succ: list[list[int]], terminal: dict[int, str], unexpanded: set[int],
+                 expanded: set[int], report: Any, labels_to: Any) -> None:
+    """States from which no order of events reaches the end of the session (states the bounds left
+    unexplored count as reaching it)."""
+    pred: list[list[int]] = [[] for _ in nodes]
+    for v, children in enumerate(succ):
+        for w in children:
+            pred[w].append(v)
+    good = [i for i, kind in terminal.items() if kind != "closed"] + list(unexpanded)
+    reach = set(good)
+    queue = deque(good)
+    while queue:
+        w = queue.popleft()
+        for v in pred[w]:
+            if v not in reach:
+                reach.add(v)
+                queue.append(v)
+    bad = sorted((i for i in expanded if i not in reach and not nodes[i].closed), key=lambda i: nodes[i].depth)
+    for i in bad:
+        report([Finding("no-final", nodes[i].state, "no order of events from here reaches a final state (only "
+                                                    "a closed connection ends the session)")], i, labels_to(i))
+
+
+def _coverage_warnings(flow: Flow, result: Result, nodes: list[_Node]) -> list[Warning_]:
+    bounded = "" if result.complete else f" within the bounds ({result.cut})"
+    entered = {flow.initial} | {n.state for n in nodes}
+    out: list[Warning_] = []
+    for name in flow.states:
+        if name not in entered:
+            out.append(Warning_("unreachable-state", name, None, f"state '{name}' is never reached by any order of "
+                                                                f"events{bounded}"))
+    for name, state in flow.states.items():
+        if name not in entered:
+            continue
+        joins = [i for i, tr in enumerate(state.transitions) if len(tr.events) > 1]
+        taken = {e.via for e in edges(flow) if e.source == name and e.via in result.fired}
+        only_timeouts = bool(taken) and all(".after[" in v for v in taken)
+        for i, tr in enumerate(state.transitions):
+            via = f"states.{name}.transitions[{i}]"
+            if via in result.fired:
+                continue
+            what = f"all({', '.join(tr.events)})" if len(tr.events) > 1 else tr.events[0]
+            if i in joins and only_timeouts:
+                out.append(Warning_("timeout-only-join", name, via, f"state '{name}': the join {what} never "
+                                    f"completes; the state is only ever left by its timeout{bounded}"))
+            else:
+                out.append(Warning_("unreachable-transition", name, via, f"{via} ({name} on {what}) is never "
+                                    f"taken by any order of events{bounded}"))
+        for i, timeout in enumerate(state.after):
+            via = f"states.{name}.after[{i}]"
+            if via not in result.fired:
+                out.append(Warning_("unreachable-transition", name, via, f"{via} ({name} after "
+                                    f"{timeout.delay:g}s) is never taken by any order of events{bounded}"))
+    return out
+
+
+def rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> list[Step]:
+    """Play a path again from a fresh core, choosing each move by its label (labels carry only
+    relative times and the world's own names, so a path through merged states plays too)."""
+    shape = Shape.of(flow, answers, bounds.faults)
+    iv = Interview(flow)
+    world = World(faults=bounds.faults)
+    findings: list[Finding] = []
+    fired: set[str] = set()
+    start = iv.start(0.0)
+    world.apply(start, shape, fired, findings, iv.state)
+    steps = [Step(Move("start", "", None, ()), [(0.0, "start", start)], findings)]
+    for label in labels:
+        snap = iv.snapshot()
+        move = next((m for m in world.moves(shape, *_deadline(iv, snap, shape), iv.state) if m.label == label), None)
+        if move is None:
+            raise LookupError(f"no move '{label}' in the rerun")
+        fs: list[Finding] = []
+        outputs: list[tuple[float, Any, list[Effect]]] = []
+        _feed(iv, world, move, shape, fired, fs, outputs)
+        if move.op == "tool":
+            world.took_tool_call(s[1] for s in iv.snapshot()[1][_SEEN][1])
+        steps.append(Step(move, outputs, fs))
+    return steps

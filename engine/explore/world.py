@@ -1,0 +1,729 @@
+"""The world around one interview, as the explorer plays it: a Realtime server, the candidate,
+the audio player, the jobs and the connection.
+
+Rules of this module:
+1. The world is data (`World`, copied per branch) and tables (`SCRIPT`, `STATUSES`, `DUPLICABLE`,
+   `CANDIDATE`). It offers `moves()` — every input it could send the core next, each a `Move`
+   of one or two inputs — and `apply()` reads the core's effects as the server, the player and
+   the job runner would, noting every property violation they show.
+2. Time is abstract: between two inputs time stands still, jumps to the core's next deadline, or
+   (once between two deadlines) passes half the way to it, so that deadlines set later land on
+   either side of earlier ones. The world never lets time reach an obligation it has (an event a
+   response in progress must send within `gate.SILENCE_RELEASE`, a playback report due after the
+   audio's length): those are the assumptions the core is built on, and `bound()` is their
+   earliest. So a deadline fires, or time passes, only where no obligation is due first.
+3. The world never reads the clock, the core's internals or anything outside its arguments.
+
+What the world includes and assumes is listed in docs/authors.md ("Exploring every order").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ..effects import CancelJob, Effect, End, EndAudio, Fired, Log, Play, Send, StartJob, StopPlayback
+from ..events import Event, normalise
+from ..flow import Flow
+from ..gate import SILENCE_RELEASE
+from ..playback import BYTES_PER_S, HANGUP_MARGIN
+
+__all__ = ["World", "Move", "Finding", "Shape", "AUDIO_S", "PROPERTIES", "CANDIDATE"]
+
+NEVER = float("inf")
+AUDIO_S = 1.0  # every response that speaks sends this much audio (one delta)
+_AUDIO = "A" * (int(AUDIO_S * BYTES_PER_S) * 4 // 3)  # its base64 (the core only counts its length)
+# Time passes only to points of this grid (absolute session time): relative times stay multiples of
+# it and of the flow's delays, so states that differ by a hair merge. A quarter second is finer than
+# every margin of the core (gate.SILENCE_RELEASE, playback.HANGUP_MARGIN, the backoffs).
+GRID = 0.25
+SPOKEN = "Hello."  # what the interviewer says (transcripts) ...
+ANSWER = "I think so."  # ... and what the candidate says
+
+# The properties, in the order they are reported.
+PROPERTIES = {
+    "double-create": "a second response.create while one is pending or in progress",
+    "stall": "nothing can happen and the session is not over",
+    "livelock": "a cycle of timeouts that makes no progress",
+    "no-final": "no path to a final state",
+    "template": "a template names something the session does not have",
+    "hangup-unheard": "hung up while audio the flow asked for was still unheard",
+    "tool-unanswered": "a tool call the state expects is never answered",
+    "internal-error": "the core failed (outcome error)",
+}
+
+# response.done statuses a response may end with, at any point of its script. A rate limit is a
+# `failed` done with a rate_limit error, and only before anything was generated (a fault). A flow
+# tells the statuses apart only by its guards `completed` / `failed` (flow.py BUILTIN_GUARDS):
+# without them `completed` stands for all (the rate limit, which the gate tells apart, stays).
+STATUSES = ("completed", "failed", "cancelled", "incomplete")
+STATUS_GUARDS = frozenset({"completed", "failed"})
+_RATE_LIMITED = {"type": "invalid_request_error", "code": "rate_limit_exceeded", "message": "Rate limit reached."}
+
+# The server's order of one response's events after its response.created (realtime.md §2, §4):
+# phase -> (event, next phase). `response.done` may come from any phase (then the events not yet
+# sent are missing). audio.done and transcript.done come once each, in either order; the tool
+# call is the response's second item, after its message.
+SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {
+    "open": (("audio", "message"), ("tool", "tool")),
+    "message": (("audio.done", "message"), ("transcript.done", "message"), ("tool", "tool")),
+    "tool": (),
+}
+# The server's own responses (VAD or idle timeout): some audio, then done.
+OWN_SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {"open": (("audio", "message"),), "message": (), "tool": ()}
+
+# Events a move may deliver twice in a row (a re-delivered frame), at the cost of a fault.
+DUPLICABLE = frozenset({"response.created", "response.done", "response.function_call_arguments.done",
+                        "input.committed", "input.transcript", "playback.done"})
+
+# The candidate's turn, in order: started -> stopped -> committed; then the transcript may come
+# (completed or failed) or never. Events a state waits for when it listens to the candidate.
+CANDIDATE = frozenset({"speech.started", "speech.stopped", "input.committed", "input.transcript",
+                       "conversation.item.input_audio_transcription.failed"})
+
+
+class Finding(NamedTuple):
+    prop: str  # a key of PROPERTIES
+    state: str  # the flow state it is about
+    detail: str
+
+
+class Move(NamedTuple):
+    """One step of the world: what it changes (`op`, `arg`) and the inputs it feeds the core."""
+
+    label: str
+    op: str  # the World method that records the step ("" for none)
+    arg: Any
+    inputs: tuple[tuple[float, Event | None], ...]  # (t, event), or (t, None) for advance(t)
+    fault: bool = False
+    time: bool = False  # only time passes (a wait or a pass): livelocks are cycles of these
+
+
+class Create(NamedTuple):
+    """A response.create the server has received and not yet acted on."""
+
+    event_id: str
+    tag: str
+    state: str
+    sent: float
+    tools: tuple[str, ...]  # tools it may call (by its tool_choice)
+
+
+class Resp(NamedTuple):
+    """A response in progress on the server."""
+
+    rid: str
+    item: str
+    tag: str | None  # None: the server's own
+    state: str | None
+    tools: tuple[str, ...]
+    phase: str
+    sent: frozenset[str]  # body events delivered
+    since: float  # its silence bound counts from here (the create until the core knows it is ours)
+    audio_at: float | None  # when its audio was delivered: it finishes within HANGUP_MARGIN of it
+    tagged: bool  # the core has seen its tag (response.created delivered)
+    cancel: bool  # the core asked to cancel it
+    status: str = ""  # once done
+    call: str | None = None  # its tool call
+
+
+class Shape(NamedTuple):
+    """What the world needs to know of the flow (computed once)."""
+
+    tools: dict[str, list[dict[str, Any]]]  # tool -> the argument objects a call may carry
+    results: dict[str, dict[str, Any]]  # job -> the result it reports (every field the templates read)
+    triggers: dict[str, frozenset[str]]  # state -> the events its transitions name
+    answers: int  # the candidate answers at most this often (0: the flow never listens)
+    faults: int  # faults per path
+    max_duration: float
+    statuses: tuple[str, ...]  # the response.done statuses worth telling apart
+    finals: frozenset[str]  # the flow's final states
+
+    @classmethod
+    def of(cls, flow: Flow, answers: int, faults: int) -> Shape:
+        tools = {t.name: _arguments(t.parameters) for t in flow.session.tools}
+        results: dict[str, dict[str, Any]] = {name: {} for name in flow.jobs}
+        for text in _flow_texts(flow):
+            for name in _template_names(text):
+                root, *path = name.split(".")
+                if root in results and path:
+                    node = results[root]
+                    for part in path[:-1]:
+                        node = node.setdefault(part, {})
+                    node.setdefault(path[-1], "a value")
+        triggers = {name: frozenset(e for tr in s.transitions for e in tr.events) for name, s in flow.states.items()}
+        guards = {g.removeprefix("not ").strip() for s in flow.states.values() for tr in s.transitions for g in tr.guard}
+        listens = (any(t & CANDIDATE for t in triggers.values()) or any(g in flow.guards for g in guards)
+                   or any(n.split(".")[0] in ("answers", "last_answer") for text in _flow_texts(flow)
+                          for n in _template_names(text)))
+        statuses = STATUSES if guards & STATUS_GUARDS else STATUSES[:1]
+        return cls(tools, results, triggers, answers if listens else 0, faults,
+                   float(getattr(flow, "max_duration", 3600.0)), statuses,
+                   frozenset(name for name, st in flow.states.items() if st.final))
+
+
+@dataclass(slots=True)
+class World:
+    """The world's state on one path. Copied per branch (`copy`); its fields are immutable values."""
+
+    now: float = 0.0
+    creates: tuple[Create, ...] = ()
+    responses: tuple[Resp, ...] = ()
+    recent: Resp | None = None  # the last finished response: its late events may still come
+    playq: tuple[tuple[str, str | None, float, float | None], ...] = ()  # (rid, item, seconds, ended at)
+    head_since: float = 0.0  # the head of playq plays from here
+    stops: tuple[Event, ...] = ()  # playback.stopped the player owes
+    muted: frozenset[str] = frozenset()  # responses the player dropped (a barge-in)
+    cand: str = "idle"  # idle | speaking | stopped
+    item: str | None = None  # the candidate's current input item
+    given: int = 0  # turns the candidate has started
+    pending_tx: str | None = None  # committed item whose transcript may still come
+    jobs: tuple[str, ...] = ()
+    owed: tuple[tuple[str, str], ...] = ()  # (call id, state) tool calls a state took and has not answered
+    faults: int = 0
+    passed: bool = False  # time passed half way since the last deadline (once per interval)
+    closed: bool = False  # the connection is gone
+    over: str | None = None  # the session ended: "final", "closed" or "error"
+    heard: frozenset[str] = frozenset()  # responses in progress whose audio was reported heard
+    fallback: bool = False  # the final state was reached by a timeout (the flow's own bound)
+    serial: int = 0  # fresh ids
+    expecting: tuple[str, str, str] | None = None  # (call id, tool, state) while a tool call is fed
+
+    def copy(self) -> World:
+        return World(self.now, self.creates, self.responses, self.recent, self.playq, self.head_since, self.stops,
+                     self.muted, self.cand, self.item, self.given, self.pending_tx, self.jobs, self.owed, self.faults,
+                     self.passed, self.closed, self.over, self.heard, self.fallback, self.serial, None)
+
+    # Questions.
+
+    def busy(self) -> bool:
+        """A create of ours is unanswered or a response is in progress on the server."""
+        return bool(self.creates or self.responses)
+
+    def quiet(self) -> bool:
+        """Nothing the world has started must still happen (only what may never happen is left)."""
+        return not (self.creates or self.responses or self.stops or self.cand != "idle"
+                    or (self.playq and self.playq[0][3] is not None))
+
+    def bound(self) -> float:
+        """Time may not reach this before the world's next obligation is delivered."""
+        b = NEVER
+        for c in self.creates:
+            b = min(b, c.sent + SILENCE_RELEASE)
+        for r in self.responses:
+            b = min(b, r.since + SILENCE_RELEASE)
+            if r.audio_at is not None:
+                b = min(b, r.audio_at + HANGUP_MARGIN)
+        if self.playq and self.playq[0][3] is not None:
+            _, _, seconds, ended = self.playq[0]
+            b = min(b, max(ended, self.head_since) + seconds)
+        if self.stops:
+            b = min(b, self.now)
+        return b
+
+    # The moves.
+
+    def slowest(self, queued: int) -> float:
+        """How long the world may still take, at its slowest, to deliver everything it has
+        started, plus `queued` requests the core still holds (an upper bound)."""
+        whole = 3 * SILENCE_RELEASE + AUDIO_S  # created, audio, done, then the audio heard
+        total = (len(self.creates) + queued) * whole
+        for r in self.responses:
+            if not r.tagged:
+                total += r.since + SILENCE_RELEASE - self.now + AUDIO_S
+            elif r.audio_at is not None:
+                total += r.audio_at + HANGUP_MARGIN - self.now + AUDIO_S
+            else:
+                total += 2 * SILENCE_RELEASE + AUDIO_S
+        if self.playq and self.playq[0][3] is not None:
+            total += max(0.0, self.bound() - self.now)
+        return total
+
+    def moves(self, shape: Shape, deadline: float | None, timer: float | None, queued: int,
+              state: str) -> list[Move]:
+        """Every input the world may feed next. `deadline` is the core's next deadline (None if
+        only max_duration is left), `timer` the earliest of the flow's own timers (state timeouts,
+        job timeouts, the hang-up wait), `queued` the requests the core's gate still holds,
+        `state` the flow state the core is in."""
+        out: list[Move] = []
+        if self.over is not None:
+            return out
+        now, bound = self.now, self.bound()
+        if deadline is not None and deadline < bound:
+            out.append(Move(f"wait {deadline - now:g}s", "wait", deadline, ((deadline, None),), time=True))
+            t = _grid_below(now + (deadline - now) / 2 + GRID / 2)
+            if not self.passed and now < t < deadline:
+                # Once per interval between two deadlines: events may also come half way.
+                out.append(Move(f"pass {t - now:g}s", "passing", t, ((t, None),), time=True))
+        t = _grid_below(bound) if bound < NEVER else now
+        if timer is not None and bound < timer < now + self.slowest(queued) and now < t:
+            # The world's next obligation comes as late as it may: a slow server (or player)
+            # within the core's assumptions, so that a flow timer can fire before it is done.
+            out.append(Move(f"late {t - now:g}s", "late_pass", t, ((t, None),), time=True))
+        fault = self.faults > 0
+        if not self.closed:
+            out += self._server_moves(shape, fault)
+            out += self._candidate_moves(shape, state)
+        out += self._player_moves()
+        for name in self.jobs:
+            out.append(self._one(f"job {name} done", "job_ends", name,
+                                 Event(f"job.{name}.done", data={"result": shape.results.get(name, {})})))
+            out.append(self._one(f"job {name} failed", "job_ends", name,
+                                 Event(f"job.{name}.failed", data={"error": "the job failed"})))
+        if fault:
+            out += [self._dup(m) for m in out if len(m.inputs) == 1 and m.inputs[0][1] is not None
+                    and m.inputs[0][1].type in DUPLICABLE]
+        if not self.closed:
+            out.append(self._one("session closed", "close", None,
+                                 Event("session.closed", data={"reason": "the server closed the connection"})))
+        return out
+
+    def _one(self, label: str, op: str, arg: Any, event: Event, fault: bool = False) -> Move:
+        return Move(label, op, arg, ((self.now, event),), fault)
+
+    def _dup(self, move: Move) -> Move:
+        t, event = move.inputs[0]
+        return Move(move.label + " (delivered twice)", move.op, move.arg, ((t, event), (t, event)), True)
+
+    def _server_moves(self, shape: Shape, fault: bool) -> Iterator[Move]:
+        for i, c in enumerate(self.creates):
+            rid, item = self._fresh("resp"), self._fresh("item")
+            yield self._one("created", "accept", (i, rid, item, True), _created(rid, c.tag, c.state))
+            if fault:
+                yield Move("created lost", "accept", (i, rid, item, False), (), True)
+                if not self.responses:  # the server had just started one of its own
+                    own = self._fresh("own")
+                    yield Move("collision", "collide", (i, own, self._fresh("item")),
+                               ((self.now, _created(own, None, None)),
+                                (self.now, _error(c.event_id))), True)
+        for i, r in enumerate(self.responses):
+            yield from self._response_moves(i, r, shape, fault)
+        if self.recent is not None and fault:
+            r = self.recent
+            if r.tag is not None and "audio" in r.sent and "transcript.done" not in r.sent:
+                yield self._one("late transcript.done", "late", "transcript.done",
+                                _transcript_done(r.rid, r.item), True)
+            yield self._one("late output_audio_buffer.stopped", "late", "",
+                            _server({"type": "output_audio_buffer.stopped", "response_id": r.rid}), True)
+            yield self._one("late duplicate response.done", "late", "", _done(r, r.status or "completed"), True)
+        if fault:
+            yield self._one("stray event", "stray", None,
+                            _server({"type": "output_audio_buffer.started", "response_id": self._fresh("stray")}), True)
+            if not self.busy():
+                own = self._fresh("own")
+                yield self._one("server starts its own response", "own", (own, self._fresh("item")),
+                                _created(own, None, None), True)
+
+    def _response_moves(self, i: int, r: Resp, shape: Shape, fault: bool) -> Iterator[Move]:
+        script = SCRIPT if r.tag is not None else OWN_SCRIPT
+        for event, phase in script[r.phase]:
+            if event in r.sent:
+                continue
+            if event == "audio":
+                yield self._one("audio", "body", (i, event, phase), _audio(r.rid, r.item))
+            elif event == "audio.done":
+                yield self._one("audio.done", "body", (i, event, phase), _audio_done(r.rid, r.item))
+            elif event == "transcript.done":
+                yield self._one("transcript.done", "body", (i, event, phase), _transcript_done(r.rid, r.item))
+            else:
+                for tool in r.tools:
+                    for n, args in enumerate(shape.tools.get(tool, [{}])):
+                        call = f"call_{r.rid}"
+                        yield self._one(f"tool {tool}" + (f" ({n + 1})" if n else ""), "tool", (i, call, tool),
+                                        _tool_call(r.rid, call, tool, args))
+        if r.tag is None:
+            yield self._one("done completed", "finish", (i, "completed"), _done(r, "completed"))
+            return
+        for status in shape.statuses:
+            yield self._one(f"done {status}", "finish", (i, status), _done(r, status))
+        if fault and r.phase == "open":
+            yield self._one("done rate-limited", "finish", (i, "failed"), _done(r, "failed", _RATE_LIMITED), True)
+
+    def _candidate_moves(self, shape: Shape, state: str) -> Iterator[Move]:
+        # A turn starts only while the state listens to the candidate (or would stop the
+        # interviewer for them); once started it always runs to its commit.
+        if self.cand == "idle" and self.given < shape.answers and shape.triggers.get(state, frozenset()) & CANDIDATE:
+            item = f"user_{self.given + 1}"
+            yield self._one("candidate speaks", "speak", item, _server(
+                {"type": "input_audio_buffer.speech_started", "item_id": item, "audio_start_ms": 0}))
+        elif self.cand == "speaking" and self.item is not None:
+            yield self._one("candidate stops", "stop_speaking", None, _server(
+                {"type": "input_audio_buffer.speech_stopped", "item_id": self.item, "audio_end_ms": 0}))
+        elif self.cand == "stopped" and self.item is not None:
+            yield self._one("committed", "commit", None, _server(
+                {"type": "input_audio_buffer.committed", "item_id": self.item, "previous_item_id": None}))
+        if self.pending_tx is not None:
+            item = self.pending_tx
+            yield self._one("transcript", "transcribed", None, _server(
+                {"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
+                 "content_index": 0, "transcript": ANSWER}))
+            yield self._one("transcription failed", "transcribed", None, _server(
+                {"type": "conversation.item.input_audio_transcription.failed", "item_id": item, "content_index": 0,
+                 "error": {"type": "transcription_error", "code": "audio_unintelligible", "message": "unclear"}}))
+
+    def _player_moves(self) -> Iterator[Move]:
+        if self.stops:
+            yield self._one("playback stopped", "stopped", None, self.stops[0])
+        if self.playq and self.playq[0][3] is not None:
+            rid, item, seconds, _ = self.playq[0]
+            yield self._one("playback done", "played", None,
+                            Event("playback.done", response_id=rid, item_id=item,
+                                  data={"played_ms": round(seconds * 1000)}))
+
+    def _fresh(self, prefix: str) -> str:
+        return f"{prefix}_{self.serial + 1}"
+
+    # Steps: what a move changes in the world (before its inputs reach the core).
+
+    def step(self, move: Move) -> None:
+        if move.op == "wait":
+            self.passed = False
+        elif move.op == "passing":
+            self.passed = True
+        if move.fault:
+            self.faults -= 1
+        if move.op in ("wait", "passing", "late_pass"):
+            self.now = move.arg
+            return
+        if move.op:
+            getattr(self, "_" + move.op)(move.arg)
+        if self.faults <= 0:
+            self.recent = None  # no late event can come any more: forget the response
+
+    def _accept(self, arg: tuple[int, str, str, bool]) -> None:
+        i, rid, item, delivered = arg
+        c = self.creates[i]
+        self.serial += 2
+        self.creates = self.creates[:i] + self.creates[i + 1:]
+        since = self.now if delivered else c.sent  # a lost created: the gate's create timer runs on
+        self.responses += (Resp(rid, item, c.tag, c.state, c.tools, "open", frozenset(), since, None, delivered,
+                                False),)
+
+    def _collide(self, arg: tuple[int, str, str]) -> None:
+        i, own, item = arg
+        self.serial += 2
+        self.creates = self.creates[:i] + self.creates[i + 1:]
+        self.responses += (Resp(own, item, None, None, (), "open", frozenset(), self.now, None, True, False),)
+
+    def _own(self, arg: tuple[str, str]) -> None:
+        own, item = arg
+        self.serial += 2
+        self.responses += (Resp(own, item, None, None, (), "open", frozenset(), self.now, None, True, False),)
+
+    def _body(self, arg: tuple[int, str, str]) -> None:
+        i, event, phase = arg
+        r = self.responses[i]
+        r = r._replace(phase=phase, sent=r.sent | {event}, since=self.now if r.tagged else r.since,
+                       audio_at=self.now if event == "audio" else r.audio_at)
+        self.responses = self.responses[:i] + (r,) + self.responses[i + 1:]
+
+    def _tool(self, arg: tuple[int, str, str]) -> None:
+        i, call, tool = arg
+        r = self.responses[i]
+        self.responses = (self.responses[:i]
+                          + (r._replace(phase="tool", sent=r.sent | {"tool"}, call=call,
+                                        since=self.now if r.tagged else r.since),)
+                          + self.responses[i + 1:])
+        self.expecting = (call, tool, r.state or "")
+
+    def _finish(self, arg: tuple[int, str]) -> None:
+        i, status = arg
+        r = self.responses[i]._replace(status=status)
+        self.responses = self.responses[:i] + self.responses[i + 1:]
+        self.recent = r
+        self.heard -= {r.rid}
+
+    def _late(self, what: str) -> None:
+        if what and self.recent is not None:
+            self.recent = self.recent._replace(sent=self.recent.sent | {what})
+
+    def _stray(self, _: None) -> None:
+        self.serial += 1
+
+    def _speak(self, item: str) -> None:
+        self.cand, self.item, self.given = "speaking", item, self.given + 1
+
+    def _stop_speaking(self, _: None) -> None:
+        self.cand = "stopped"
+
+    def _commit(self, _: None) -> None:
+        self.cand, self.pending_tx, self.item = "idle", self.item, None
+
+    def _transcribed(self, _: None) -> None:
+        self.pending_tx = None
+
+    def _stopped(self, _: None) -> None:
+        self.stops = self.stops[1:]
+
+    def _played(self, _: None) -> None:
+        rid = self.playq[0][0]
+        self.playq = self.playq[1:]
+        self.head_since = self.now
+        if any(r.rid == rid for r in self.responses):
+            self.heard |= {rid}
+
+    def _job_ends(self, name: str) -> None:
+        self.jobs = tuple(j for j in self.jobs if j != name)
+
+    def _close(self, _: None) -> None:
+        self.closed = True
+        self.creates, self.responses, self.recent, self.cand, self.pending_tx = (), (), None, "idle", None
+
+    # The core's effects, as the server, the player and the job runner see them.
+
+    def apply(self, effects: Sequence[Effect], shape: Shape, fired: set[str], out: list[Finding], state: str) -> None:
+        """Carry out `effects` (the core is now in `state`); note the vias fired and any finding."""
+        error_log = ""
+        for effect in effects:
+            kind = type(effect)
+            if kind is Fired:
+                assert isinstance(effect, Fired)
+                fired.add(effect.via)
+                if effect.target in shape.finals:
+                    self.fallback = ".after[" in effect.via
+                exp = self.expecting
+                if exp is not None and effect.event == f"tool.{exp[1]}":
+                    self._owe(exp[0], exp[2])
+            elif kind is Send:
+                assert isinstance(effect, Send)
+                self._send(effect.event, shape, out)
+            elif kind is Play:
+                assert isinstance(effect, Play)
+                self._play(effect.response_id, effect.item_id, len(effect.audio) * 3 / 4 / BYTES_PER_S)
+            elif kind is EndAudio:
+                assert isinstance(effect, EndAudio)
+                self._end_audio(effect.response_id)
+            elif kind is StopPlayback:
+                self._stop_playback()
+            elif kind is StartJob:
+                assert isinstance(effect, StartJob)
+                self.jobs += (effect.name,)
+            elif kind is CancelJob:
+                assert isinstance(effect, CancelJob)
+                self.jobs = tuple(j for j in self.jobs if j != effect.name)
+            elif kind is Log:
+                assert isinstance(effect, Log)
+                if effect.level == "error":
+                    error_log = effect.message
+                elif effect.message.startswith("hanging up with audio") and not self.closed:
+                    out.append(Finding("hangup-unheard", state, effect.message))
+            elif kind is End:
+                assert isinstance(effect, End)
+                self._ended(effect, error_log, out, state)
+
+    def _owe(self, call: str, state: str) -> None:
+        if all(c != call for c, _ in self.owed):
+            self.owed += ((call, state),)
+
+    def took_tool_call(self, seen: Iterable[str]) -> None:
+        """After a tool call was fed: a state that waits for it in a join has taken it too
+        (`expecting` is None once it was answered in the same step)."""
+        exp = self.expecting
+        if exp is not None and f"tool.{exp[1]}" in seen:
+            self._owe(exp[0], exp[2])
+        self.expecting = None
+
+    def _send(self, event: Any, shape: Shape, out: list[Finding]) -> None:
+        kind = event.get("type")
+        if kind == "response.create":
+            meta = event["response"]["metadata"]
+            state = meta.get("state", "?")
+            if self.busy():
+                what = ("our earlier create is still unanswered" if self.creates else
+                        f"response {self.responses[0].rid} is still in progress on the server")
+                out.append(Finding("double-create", state, f"response.create {event['event_id']} sent while {what}"))
+            for call, asker in self.owed:
+                out.append(Finding("tool-unanswered", asker, f"{call} unanswered when the next response was asked "
+                                                             f"for by '{state}'"))
+            self.owed = ()
+            self.creates += (Create(event["event_id"], meta["engine_request"], state, self.now,
+                                    _tools_for(event["response"].get("tool_choice"), shape)),)
+        elif kind == "conversation.item.create" and event["item"].get("type") == "function_call_output":
+            call = event["item"].get("call_id")
+            self.owed = tuple(o for o in self.owed if o[0] != call)
+            exp = self.expecting
+            if exp is not None and exp[0] == call:
+                self.expecting = None  # answered in the same step that took it
+        elif kind == "response.cancel":
+            self.responses = tuple(r._replace(cancel=True) if r.tag is not None else r for r in self.responses)
+
+    def _play(self, rid: str, item: str | None, seconds: float) -> None:
+        if rid in self.muted:
+            return
+        for i, (r, it, s, ended) in enumerate(self.playq):
+            if r == rid:
+                self.playq = self.playq[:i] + ((r, item or it, s + seconds, ended),) + self.playq[i + 1:]
+                return
+        if not self.playq:
+            self.head_since = self.now
+        self.playq += ((rid, item, seconds, None),)
+
+    def _end_audio(self, rid: str) -> None:
+        if rid in self.muted:
+            return
+        for i, (r, it, s, ended) in enumerate(self.playq):
+            if r == rid:
+                if ended is None:
+                    self.playq = self.playq[:i] + ((r, it, s, self.now),) + self.playq[i + 1:]
+                return
+        if not self.playq:
+            self.head_since = self.now
+        self.playq += ((rid, None, 0.0, self.now),)  # no audio: reported as soon as it is its turn
+
+    def _stop_playback(self) -> None:
+        playing = self.playq[0] if self.playq and self.head_since <= self.now and self.playq[0][2] > 0 else None
+        dropped = [r for r, _, _, _ in self.playq]  # every response that gets no playback.done
+        played = round(playing[2] * 500) if playing else 0  # half of it was heard
+        self.stops += (Event("playback.stopped", response_id=playing[0] if playing else None,
+                             item_id=playing[1] if playing else None,
+                             data={"played_ms": played, "dropped": dropped}),)
+        self.muted |= frozenset(dropped)
+        self.playq = ()
+
+    def _ended(self, end: End, error_log: str, out: list[Finding], state: str) -> None:
+        self.over = "closed" if self.closed else "error" if end.outcome == "error" else "final"
+        if end.outcome == "error":
+            out.append(Finding("internal-error", state, end.reason))
+            return
+        if self.closed:
+            return
+        if error_log and end.reason == error_log and "template {" in error_log:
+            where = error_log.split("'")[1] if error_log.startswith("state '") else state
+            out.append(Finding("template", where, error_log))
+        if end.ok and not self.fallback:  # a timeout into the final state is the flow's own bound
+            for c in self.creates:
+                out.append(Finding("hangup-unheard", c.state, f"hung up in '{state}' before the response asked for "
+                                                              f"by '{c.state}' was even created"))
+            for r in self.responses:
+                if r.tag is not None and not r.cancel and r.rid not in self.muted and r.rid not in self.heard:
+                    out.append(Finding("hangup-unheard", r.state or state,
+                                       f"hung up in '{state}' while the response asked for by '{r.state}' was still "
+                                       f"being generated"))
+        for call, asker in self.owed:
+            out.append(Finding("tool-unanswered", asker, f"{call} unanswered when the session ended in '{state}'"))
+        self.owed = ()
+
+
+def _grid_below(t: float) -> float:
+    """The last grid point strictly before `t`."""
+    k = int(t // GRID)
+    return (k - 1) * GRID if k * GRID >= t else k * GRID
+
+
+def _tools_for(choice: Any, shape: Shape) -> tuple[str, ...]:
+    """The tools a response may call, by the create's tool_choice."""
+    if choice == "none":
+        return ()
+    if isinstance(choice, str) and choice in shape.tools:
+        return (choice,)
+    return tuple(shape.tools)
+
+
+# Wire events ------------------------------------------------------------------------------------
+# Built as the server sends them (GA names) and normalised like a received frame. No event_id: the
+# core drops an id it has seen lately, and a duplicate is modelled as the same event delivered again.
+
+
+def _server(raw: dict[str, Any]) -> Event:
+    return normalise(raw)
+
+
+def _created(rid: str, tag: str | None, state: str | None) -> Event:
+    meta = {"engine_request": tag, "state": state} if tag is not None and state is not None else {}
+    return _server({"type": "response.created", "response": {"id": rid, "status": "in_progress", "output": [],
+                                                               "metadata": meta}})
+
+
+def _audio(rid: str, item: str) -> Event:
+    return _server({"type": "response.output_audio.delta", "response_id": rid, "item_id": item, "output_index": 0,
+                    "content_index": 0, "delta": _AUDIO})
+
+
+def _audio_done(rid: str, item: str) -> Event:
+    return _server({"type": "response.output_audio.done", "response_id": rid, "item_id": item, "output_index": 0,
+                    "content_index": 0})
+
+
+def _transcript_done(rid: str, item: str) -> Event:
+    return _server({"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": item,
+                    "output_index": 0, "content_index": 0, "transcript": SPOKEN})
+
+
+def _tool_call(rid: str, call: str, name: str, args: dict[str, Any]) -> Event:
+    return _server({"type": "response.function_call_arguments.done", "response_id": rid, "item_id": f"fc_{call}",
+                    "output_index": 1, "call_id": call, "name": name, "arguments": json.dumps(args)})
+
+
+def _done(r: Resp, status: str, error: dict[str, Any] | None = None) -> Event:
+    output: list[dict[str, Any]] = []
+    if "audio" in r.sent:
+        output.append({"type": "message", "id": r.item, "role": "assistant", "status": status,
+                       "content": [{"type": "output_audio", "transcript": SPOKEN}]})
+    if r.call is not None:
+        output.append({"type": "function_call", "id": f"fc_{r.call}", "call_id": r.call, "status": "completed"})
+    response: dict[str, Any] = {"id": r.rid, "status": status, "output": output,
+                                "metadata": {"engine_request": r.tag, "state": r.state} if r.tag else {}}
+    if error is not None:
+        response["status_details"] = {"type": status, "error": error}
+    return _server({"type": "response.done", "response": response})
+
+
+def _error(event_id: str) -> Event:
+    return _server({"type": "error", "error": {
+        "type": "invalid_request_error", "code": "conversation_already_has_active_response",
+        "message": "Conversation already has an active response in progress. Wait until the response is finished "
+                   "before creating a new one.", "param": None, "event_id": event_id}})
+
+
+# The flow's shape ---------------------------------------------------------------------------------
+
+
+def _arguments(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The argument objects the model may send: every declared parameter, and (when some are
+    optional) only the required ones."""
+    props = schema.get("properties") or {}
+    required = [p for p in schema.get("required") or [] if p in props]
+    full = {name: _value(spec) for name, spec in props.items()}
+    if len(required) < len(props):
+        return [full, {name: full[name] for name in required}]
+    return [full]
+
+
+def _value(spec: Any) -> Any:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    return {"string": "because", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}.get(
+        kind if isinstance(kind, str) else "string", "because")
+
+
+def _flow_texts(flow: Flow) -> Iterator[str]:
+    from ..flow import Respond, ToolResult
+
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    for state in flow.states.values():
+        actions = [*state.enter, *state.exit, *(a for t in state.transitions for a in t.actions),
+                   *(a for t in state.after for a in t.actions)]
+        for action in actions:
+            arg = action.arg
+            if isinstance(arg, Respond):
+                yield from (s for s in (arg.instructions, arg.input) if s)
+            elif isinstance(arg, ToolResult):
+                yield from strings(arg.output)
+            elif action.name == "log" and isinstance(arg, str):
+                yield arg
+
+
+def _template_names(text: str) -> list[str]:
+    from ..flow import template_names
+
+    return template_names(text)
