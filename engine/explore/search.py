@@ -158,8 +158,12 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
     expanded: set[int] = set()
     reported: set[tuple[str, str]] = set()
 
+    stuck: set[int] = set()  # nodes where a stall or a livelock was found
+
     def report(fs: list[Finding], node: int, labels: list[str]) -> None:
         for f in fs:
+            if f.prop in ("stall", "livelock"):
+                stuck.add(node)
             if (f.prop, f.state) not in reported:
                 reported.add((f.prop, f.state))
                 result.violations.append(Violation(f, node, labels))
@@ -232,8 +236,8 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
         result.cut = f"budget {bounds.budget:g}s" if out_of_time else result.cut or f"depth {bounds.depth}"
     result.distinct = len(nodes)
     unexpanded = {i for i in range(len(nodes)) if i not in expanded and i not in terminal}
-    _check_livelock(nodes, tsucc, expanded, report, labels_to)
-    _check_final(nodes, succ, terminal, unexpanded, expanded, report, labels_to)
+    stuck |= _check_livelock(nodes, tsucc, expanded, report, labels_to)
+    _check_final(nodes, succ, terminal, unexpanded | stuck, expanded, report, labels_to)
     result.warnings = _coverage_warnings(flow, result, nodes)
     result.seconds = time.monotonic() - t0
     return result
@@ -257,15 +261,19 @@ def _check_stall(world: World, shape: Shape, deadline: float | None, state: str,
 
 
 def _check_livelock(nodes: list[_Node], tsucc: list[list[tuple[int, str]]], expanded: set[int], report: Any,
-                    labels_to: Any) -> None:
-    """Cycles of time moves alone: timeouts bouncing with no event from outside."""
+                    labels_to: Any) -> set[int]:
+    """Cycles of time moves alone: timeouts bouncing with no event from outside. Returns the
+    nodes on them."""
+    cycling: set[int] = set()
     for component in _cycles(tsucc, expanded):
         entry = min(component, key=lambda i: nodes[i].depth)
         cycle = _cycle_labels(entry, component, tsucc)
         states = sorted({nodes[i].state for i in component})
+        cycling |= component
         report([Finding("livelock", nodes[entry].state,
                         f"timeouts alone cycle through {', '.join(repr(s) for s in states)} and never end the "
                         f"session")], entry, labels_to(entry) + cycle)
+    return cycling
 
 
 def _cycles(tsucc: list[list[tuple[int, str]]], expanded: set[int]) -> Iterator[set[int]]:
@@ -338,8 +346,9 @@ def _cycle_labels(entry: int, component: set[int], tsucc: list[list[tuple[int, s
 
 def _check_final(nodes: list[_Node], succ: list[list[int]], terminal: dict[int, str], unexpanded: set[int],
                  expanded: set[int], report: Any, labels_to: Any) -> None:
-    """States from which no order of events reaches the end of the session (states the bounds left
-    unexplored count as reaching it)."""
+    """States from which no order of events reaches the end of the session. States the bounds left
+    unexplored count as reaching it, and so do those where a stall or livelock was reported (the
+    same fault, said once)."""
     pred: list[list[int]] = [[] for _ in nodes]
     for v, children in enumerate(succ):
         for w in children:

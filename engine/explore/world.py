@@ -71,8 +71,10 @@ SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {
     "message": (("audio.done", "message"), ("transcript.done", "message"), ("tool", "tool")),
     "tool": (),
 }
-# The server's own responses (VAD or idle timeout): some audio, then done.
-OWN_SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {"open": (("audio", "message"),), "message": (), "tool": ()}
+# The server's own responses (a fault, or its answer to a turn with create_response: true): its
+# response.created (once it starts), some audio, then done.
+OWN_SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {"new": (("created", "open"),), "open": (("audio", "message"),),
+                                                      "message": (), "tool": ()}
 
 # Events a move may deliver twice in a row (a re-delivered frame), at the cost of a fault.
 DUPLICABLE = frozenset({"response.created", "response.done", "response.function_call_arguments.done",
@@ -127,6 +129,7 @@ class Resp(NamedTuple):
     cancel: bool  # the core asked to cancel it
     status: str = ""  # once done
     call: str | None = None  # its tool call
+    auto: bool = False  # the server's own answer to a turn (create_response: true), not a fault
 
 
 class Shape(NamedTuple):
@@ -140,6 +143,7 @@ class Shape(NamedTuple):
     max_duration: float
     statuses: tuple[str, ...]  # the response.done statuses worth telling apart
     finals: frozenset[str]  # the flow's final states
+    auto: bool  # turn_detection.create_response: the server answers each committed turn itself
 
     @classmethod
     def of(cls, flow: Flow, answers: int, faults: int) -> Shape:
@@ -161,7 +165,8 @@ class Shape(NamedTuple):
         statuses = STATUSES if guards & STATUS_GUARDS else STATUSES[:1]
         return cls(tools, results, triggers, answers if listens else 0, faults,
                    float(getattr(flow, "max_duration", 3600.0)), statuses,
-                   frozenset(name for name, st in flow.states.items() if st.final))
+                   frozenset(name for name, st in flow.states.items() if st.final),
+                   bool((flow.session.turn_detection or {}).get("create_response")))
 
 
 @dataclass(slots=True)
@@ -289,6 +294,10 @@ class World:
 
     def _server_moves(self, shape: Shape, fault: bool) -> Iterator[Move]:
         for i, c in enumerate(self.creates):
+            if self.responses:  # the server is busy: it refuses the create (after what it sent first)
+                if all(r.tagged for r in self.responses):
+                    yield self._one("collision error", "reject", i, _error(c.event_id))
+                continue
             rid, item = self._fresh("resp"), self._fresh("item")
             yield self._one("created", "accept", (i, rid, item, True), _created(rid, c.tag, c.state))
             if fault:
@@ -321,7 +330,9 @@ class World:
         for event, phase in script[r.phase]:
             if event in r.sent:
                 continue
-            if event == "audio":
+            if event == "created":
+                yield self._one("created (the server's own)", "body", (i, event, phase), _created(r.rid, None, None))
+            elif event == "audio":
                 yield self._one("audio", "body", (i, event, phase), _audio(r.rid, r.item))
             elif event == "audio.done":
                 yield self._one("audio.done", "body", (i, event, phase), _audio_done(r.rid, r.item))
@@ -352,7 +363,7 @@ class World:
             yield self._one("candidate stops", "stop_speaking", None, _server(
                 {"type": "input_audio_buffer.speech_stopped", "item_id": self.item, "audio_end_ms": 0}))
         elif self.cand == "stopped" and self.item is not None:
-            yield self._one("committed", "commit", None, _server(
+            yield self._one("committed", "commit", shape, _server(
                 {"type": "input_audio_buffer.committed", "item_id": self.item, "previous_item_id": None}))
         if self.pending_tx is not None:
             item = self.pending_tx
@@ -401,6 +412,9 @@ class World:
         self.responses += (Resp(rid, item, c.tag, c.state, c.tools, "open", frozenset(), since, None, delivered,
                                 False),)
 
+    def _reject(self, i: int) -> None:
+        self.creates = self.creates[:i] + self.creates[i + 1:]
+
     def _collide(self, arg: tuple[int, str, str]) -> None:
         i, own, item = arg
         self.serial += 2
@@ -415,8 +429,8 @@ class World:
     def _body(self, arg: tuple[int, str, str]) -> None:
         i, event, phase = arg
         r = self.responses[i]
-        r = r._replace(phase=phase, sent=r.sent | {event}, since=self.now if r.tagged else r.since,
-                       audio_at=self.now if event == "audio" else r.audio_at)
+        r = r._replace(phase=phase, sent=r.sent | {event}, since=self.now if r.tagged or event == "created" else r.since,
+                       audio_at=self.now if event == "audio" else r.audio_at, tagged=r.tagged or event == "created")
         self.responses = self.responses[:i] + (r,) + self.responses[i + 1:]
 
     def _tool(self, arg: tuple[int, str, str]) -> None:
@@ -448,8 +462,12 @@ class World:
     def _stop_speaking(self, _: None) -> None:
         self.cand = "stopped"
 
-    def _commit(self, _: None) -> None:
+    def _commit(self, shape: Shape) -> None:
         self.cand, self.pending_tx, self.item = "idle", self.item, None
+        if shape.auto and not self.responses:  # the server answers the turn on its own
+            self.serial += 2
+            self.responses += (Resp(f"auto_{self.serial}", f"item_{self.serial}", None, None, (), "new", frozenset(),
+                                    self.now, None, False, False, auto=True),)
 
     def _transcribed(self, _: None) -> None:
         self.pending_tx = None
@@ -530,9 +548,14 @@ class World:
         if kind == "response.create":
             meta = event["response"]["metadata"]
             state = meta.get("state", "?")
-            if self.busy():
+            # A response of the server's own that the core could not have seen yet (a fault: it
+            # started just before) collides without being the core's doing; one it has seen, or one
+            # the flow's create_response: true makes the server start, does not.
+            running = [r for r in self.responses if r.tag is not None or r.tagged or r.auto]
+            if self.creates or running:
                 what = ("our earlier create is still unanswered" if self.creates else
-                        f"response {self.responses[0].rid} is still in progress on the server")
+                        f"response {running[0].rid} is still in progress on the server"
+                        + (" (the server answers turns itself: create_response: true)" if running[0].auto else ""))
                 out.append(Finding("double-create", state, f"response.create {event['event_id']} sent while {what}"))
             for call, asker in self.owed:
                 out.append(Finding("tool-unanswered", asker, f"{call} unanswered when the next response was asked "
@@ -590,8 +613,10 @@ class World:
         if self.closed:
             return
         if error_log and end.reason == error_log and "template {" in error_log:
-            where = error_log.split("'")[1] if error_log.startswith("state '") else state
-            out.append(Finding("template", where, error_log))
+            where, detail = state, error_log
+            if error_log.startswith("state '"):  # the core's TemplateError names the state first
+                where, _, detail = error_log[len("state '"):].partition("': ")
+            out.append(Finding("template", where, detail))
         if end.ok and not self.fallback:  # a timeout into the final state is the flow's own bound
             for c in self.creates:
                 out.append(Finding("hangup-unheard", c.state, f"hung up in '{state}' before the response asked for "
