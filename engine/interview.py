@@ -349,8 +349,10 @@ class Interview(Conversation):
             if self._facts.awaiting_transcripts and m.now < until:
                 continue
             del m.holds[name]
-            # The job hears what was said: interviewer turns and the candidate's transcribed turns.
-            turns = [t for t in self.turns if t["role"] == "interviewer" or t.get("transcribed")]
+            # The job hears what was said: interviewer turns and the candidate's transcribed turns,
+            # as copies: the facts go on changing (a late speech.stopped, a barge-in's heard_ms) and
+            # the job reads its inputs in another thread.
+            turns = [dict(t) for t in self.turns if t["role"] == "interviewer" or t.get("transcribed")]
             self._effects.append(StartJob(name, {"turns": turns, "options": dict(self.flow.jobs[name].options)}))
 
     def _cancel_job(self, name: str) -> None:

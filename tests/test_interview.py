@@ -350,6 +350,20 @@ def test_a_job_with_every_answer_transcribed_starts_at_once():
     assert job_inputs(effects) == [f"answer {n}" for n in range(1, 7)]
 
 
+def test_a_started_job_keeps_the_inputs_it_was_given_while_the_session_goes_on():
+    # Found by the fork property: StartJob handed out the facts' own turn dicts, which the core
+    # changed afterwards (here a speech.stopped that comes after its commit), under a job that
+    # reads them in another thread.
+    iv = Interview(load_flow("assessment.yaml"))
+    effects = six_committed_answers(iv, last_transcript="before")
+    [start] = [e for e in effects if isinstance(e, StartJob)]
+    sixth = dict(start.inputs["turns"][-1])
+    assert sixth["item_id"] == "u6" and sixth["end"] is None
+    feed(iv, [(56.1, speech_stopped("u6"))])
+    assert iv.turns[-1]["end"] == 56.1
+    assert start.inputs["turns"][-1] == sixth
+
+
 def test_a_job_waits_for_a_transcript_at_most_transcript_wait():
     iv = Interview(load_flow("assessment.yaml"))
     six_committed_answers(iv, last_transcript=None)
