@@ -32,6 +32,7 @@ __all__ = ["Interview"]
 
 _NEVER = float("inf")
 _SNAPSHOT = "interview/1"
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(Model))  # the snapshot's layout, in order
 # A job hears the candidate's words: started while a finished turn is still being transcribed (the
 # flow replies on the commit, the transcript comes 0.3-1.5 s later), it waits this long for them.
 TRANSCRIPT_WAIT = 5.0
@@ -107,7 +108,8 @@ class Interview(Conversation):
         """The whole state of the session as a plain, hashable value (no wall-clock time in it).
 
         `Interview.restore(flow, snapshot)` continues exactly as this interview would."""
-        model = tuple(freeze(getattr(self._m, f.name)) for f in dataclasses.fields(Model))
+        m = self._m
+        model = tuple([freeze(getattr(m, name)) for name in _MODEL_FIELDS])
         return (_SNAPSHOT, model, self._gate.snapshot(), self._playback.snapshot(), self._facts.snapshot(),
                 self._recent.snapshot())
 
