@@ -14,8 +14,9 @@ and the recent-ids' snapshots) and from the world:
    counts, log-once sets, rendered instructions. What remains of the facts is what a guard or a
    template can see: the answer count (capped at the flow's highest guard threshold), whether
    each template name resolves, which candidate turns still await a transcript.
-4. The world's budgets (faults and answers left) are not in the key but beside it: a state with
-   more of both left can do all the other can, so it stands for it (search.py).
+4. The world's budgets (faults and answers left, and what a fault may still be injected into) are
+   not in the key but beside it (`budgets`): a state with more left can do all the other can, so it
+   stands for it (search.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from ..conversation import Model
 from ..facts import thaw
 from ..flow import Flow, template_names
-from .world import Shape, World, _flow_texts
+from .world import Shape, World, _flow_texts, response_bound
 
 __all__ = ["Keyer"]
 
@@ -83,15 +84,15 @@ class Keyer:
 
     def _world_key(self, w: World, ren: Any) -> tuple[Any, ...]:
         now = w.now
+        # A response's two time bases (its last event, its audio) only act through its bound.
         responses = tuple((ren(r.rid), ren(r.item), None if r.tag is None else ren(r.tag), r.state, r.tools, r.phase,
-                           tuple(sorted(r.sent)), _rel(r.since, now), _rel(r.audio_at, now), r.tagged, r.cancel,
-                           None if r.call is None else ren(r.call)) for r in w.responses)
+                           tuple(sorted(r.sent)), _rel(response_bound(r), now), r.tagged, r.cancel,
+                           None if r.call is None else ren(r.call), r.auto) for r in w.responses)
         creates = tuple((ren(c.tag), c.state, _rel(c.sent, now), c.tools) for c in w.creates)
-        recent = None
-        if w.recent is not None:
-            r = w.recent
-            recent = (ren(r.rid), ren(r.item), None if r.tag is None else ren(r.tag), tuple(sorted(r.sent)), r.status)
-        playq = tuple((ren(rid), seconds, _rel(ended, now)) for rid, _, seconds, ended in w.playq)
+        # Only the head's report bound is a time that matters; the entries behind start when their
+        # turn comes (their ended times are all in the past by then).
+        playq = tuple((ren(rid), seconds, ended is not None) for rid, _, seconds, ended in w.playq)
+        heard_by = w.heard_by()
         stops = tuple((None if e.response_id is None else ren(e.response_id), e.data.get("played_ms"),
                        tuple(ren(r) for r in e.data.get("dropped", ()))) for e in w.stops)
         cand = (w.cand, None if w.item is None else ren(w.item), None if w.pending_tx is None else ren(w.pending_tx))
@@ -100,8 +101,42 @@ class Keyer:
         heard = tuple(sorted(ren(r) for r in w.heard))
         # The budgets (faults and answers left) are not in the key: a state with more of both left
         # covers the same state with less (search.py keeps the largest seen per key).
-        return (responses, creates, recent, playq, _rel(w.head_since, now) if w.playq else None, stops, muted,
+        return (responses, creates, playq, _rel(heard_by, now), stops, muted,
                 cand, tuple(sorted(w.jobs)), owed, w.passed, w.closed, heard, w.fallback)
+
+    def budgets(self, world: World, key: tuple[Any, ...]) -> tuple[int, int, Any]:
+        """What the world may still do beside its key: faults left, answers given, and what the
+        faults may still be injected into (the last finished response, what the last move
+        started). A state covers another with its key if it has at least as many faults left, at
+        most as many answers given, and (when the other has a fault left) the same fault context."""
+        if world.faults <= 0 or key[0] == "over":
+            return world.faults, world.given, None
+        names: dict[str, int] = {}
+
+        def ren(x: str) -> int:
+            n = names.get(x)
+            if n is None:
+                n = names[x] = len(names)
+            return n
+
+        self._world_key(world, ren)  # the same names as the key's
+        kinds = self._shape.kinds
+        late = None
+        r = world.recent
+        if r is not None and "late" in kinds and r.tag is not None and "audio" in r.sent and "transcript.done" not in r.sent:
+            late = (ren(r.rid), ren(r.item), ren(r.tag))  # its transcript.done may still come, late
+        # What the last move started, as far as an enabled fault can use it (the no-op late events
+        # after a done are only recorded by the core, so they need no context).
+        just = []
+        for x in world.just:
+            if x == "sent" and world.creates and kinds & {"lost-created", "collision", "stray"}:
+                just.append("sent")
+            elif x.startswith("open ") and "rate-limited" in kinds:
+                just.append(f"open {ren(x[5:])}")
+            elif x == "done" and "own-response" in kinds and not world.busy():
+                just.append("done")
+        return world.faults, world.given, (late, tuple(sorted(just)))
+
 
     # The core, by the snapshot's layout.
 

@@ -24,7 +24,7 @@ from ..flow import Flow
 from ..interview import Interview
 from ..replay import edges
 from .key import Keyer
-from .world import CANDIDATE, Finding, Move, Shape, World
+from .world import CANDIDATE, FAULTS, Finding, Move, Shape, World
 
 __all__ = ["Bounds", "Result", "Violation", "Warning_", "explore", "default_answers", "rerun", "Step"]
 
@@ -39,6 +39,7 @@ class Bounds:
     depth: int = 400  # moves per path
     budget: float = 60.0  # seconds of wall-clock time
     faults: int = 1  # faults per path (lost or duplicated events, strays, collisions, ...)
+    kinds: frozenset[str] = frozenset(FAULTS)  # the kinds of fault explored (world.FAULTS)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _feed(iv: Interview, world: World, move: Move, shape: Shape, fired: set[str]
 def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
     """Every order of events the world can produce for `flow`, within `bounds`."""
     answers = default_answers(flow) if bounds.answers is None else bounds.answers
-    shape = Shape.of(flow, answers, bounds.faults)
+    shape = Shape.of(flow, answers, bounds.faults, bounds.kinds)
     keyer = Keyer(flow, shape)
     result = Result(flow, bounds, answers)
     t0 = time.monotonic()
@@ -151,7 +152,8 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
     nodes = [_Node(-1, "start", 0, iv.state)]
     # key -> the nodes with that key and their budgets (faults, answers left); a new state whose
     # budgets are both at most those of a node with its key is that node.
-    keys: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {keyer.key(snap, world): [(0, world.faults, 0)]}
+    root_key = keyer.key(snap, world)
+    keys: dict[tuple[Any, ...], list[tuple[int, tuple[int, int, Any]]]] = {root_key: [(0, keyer.budgets(world, root_key))]}
     succ: list[list[int]] = [[]]
     tsucc: list[list[tuple[int, str]]] = [[]]  # time edges: (child, label)
     terminal: dict[int, str] = {}
@@ -176,56 +178,69 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
         return out[::-1]
 
     report(findings, 0, [])
-    frontier: deque[tuple[int, tuple[Any, ...], World, tuple[float | None, float | None, int]]] = deque()
-    frontier.append((0, snap, world, _deadline(iv, snap, shape)))
+    # (node, its snapshot, its world, its deadlines, its live interview if no branch has taken it)
+    frontier: deque[tuple[int, tuple[Any, ...], World, tuple[float | None, float | None, int], Interview | None]]
+    frontier = deque([(0, snap, world, _deadline(iv, snap, shape), iv)])
     count, out_of_time = 0, False
     while frontier and not out_of_time:
-        n, snap, world, (deadline, timer, queued) = frontier.popleft()
+        n, snap, world, times, live = frontier.popleft()
         node = nodes[n]
         if node.depth >= bounds.depth:
             result.complete, result.cut = False, f"depth {bounds.depth}"
             continue
+        deadline, timer, queued = times
         moves = world.moves(shape, deadline, timer, queued, node.state)
         _check_stall(world, shape, deadline, node.state, n, report, labels_to)
         children: list[tuple[int, Move]] = []
-        for move in moves:
+        last = len(moves) - 1
+        for i, move in enumerate(moves):
             count += 1
             if count % _CHECK_EVERY == 0 and time.monotonic() - t0 > bounds.budget:
                 out_of_time = True
                 break
-            child_iv = Interview.restore(flow, snap)
             w = world.copy()
             fs: list[Finding] = []
-            _feed(child_iv, w, move, shape, result.fired, fs)
+            if move.inputs:
+                # Fork the node's snapshot; its last move takes the node's own live interview.
+                child_iv: Interview | None = live if i == last and live is not None else Interview.restore(flow, snap)
+                assert child_iv is not None
+                _feed(child_iv, w, move, shape, result.fired, fs)
+            else:  # only the world moved (a lost response.created): the core is as it was
+                child_iv = None
+                w.step(move)
             result.transitions += 1
             kind = move.label.split(" (")[0]
             result.visited[kind] = result.visited.get(kind, 0) + 1
             if w.over is not None:  # the session ended: nothing of its state matters any more
                 csnap, key = (), ("over", w.over)
             else:
-                csnap = child_iv.snapshot()
+                csnap = child_iv.snapshot() if child_iv is not None else snap
                 if move.op == "tool":
                     w.took_tool_call(s[1] for s in csnap[1][_SEEN][1])
                 key = keyer.key(csnap, w)
             same = keys.setdefault(key, [])
-            c = next((i for i, f, g in same if f >= w.faults and g <= w.given), None)
+            budgets = keyer.budgets(w, key)
+            c = next((j for j, b in same if _covers(b, budgets)), None)
             if c is None:
                 c = len(nodes)
-                same.append((c, w.faults, w.given))
-                nodes.append(_Node(n, move.label, node.depth + 1, child_iv.state, w.closed))
+                same.append((c, budgets))
+                nodes.append(_Node(n, move.label, node.depth + 1, child_iv.state if child_iv else node.state,
+                                   w.closed))
                 succ.append([])
                 tsucc.append([])
                 if w.over is not None:
                     terminal[c] = w.over
                 elif any(f.prop == "double-create" for f in fs):
                     terminal[c] = "violation"  # the world is inconsistent past a collision
+                elif child_iv is None:
+                    frontier.append((c, csnap, w, times, None))
                 else:
-                    frontier.append((c, csnap, w, _deadline(child_iv, csnap, shape)))
+                    frontier.append((c, csnap, w, _deadline(child_iv, csnap, shape), child_iv))
             if fs:
                 report(fs, c, labels_to(n) + [move.label])
             children.append((c, move))
         if out_of_time:  # a node half expanded counts as not expanded
-            frontier.appendleft((n, snap, world, (deadline, timer, queued)))
+            frontier.appendleft((n, snap, world, times, None))
             break
         expanded.add(n)
         result.explored += 1
@@ -241,6 +256,11 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
     result.warnings = _coverage_warnings(flow, result, nodes)
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _covers(a: tuple[int, int, Any], b: tuple[int, int, Any]) -> bool:
+    """A state with budgets `a` can do all that one with budgets `b` (and the same key) can."""
+    return a[0] >= b[0] and a[1] <= b[1] and (b[0] <= 0 or a[2] == b[2])
 
 
 def _check_stall(world: World, shape: Shape, deadline: float | None, state: str, n: int, report: Any,
@@ -404,7 +424,7 @@ def _coverage_warnings(flow: Flow, result: Result, nodes: list[_Node]) -> list[W
 def rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> list[Step]:
     """Play a path again from a fresh core, choosing each move by its label (labels carry only
     relative times and the world's own names, so a path through merged states plays too)."""
-    shape = Shape.of(flow, answers, bounds.faults)
+    shape = Shape.of(flow, answers, bounds.faults, bounds.kinds)
     iv = Interview(flow)
     world = World(faults=bounds.faults)
     findings: list[Finding] = []

@@ -19,6 +19,7 @@ What the world includes and assumes is listed in docs/authors.md ("Exploring eve
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ..flow import Flow
 from ..gate import SILENCE_RELEASE
 from ..playback import BYTES_PER_S, HANGUP_MARGIN
 
-__all__ = ["World", "Move", "Finding", "Shape", "AUDIO_S", "PROPERTIES", "CANDIDATE"]
+__all__ = ["World", "Move", "Finding", "Shape", "AUDIO_S", "PROPERTIES", "CANDIDATE", "FAULTS"]
 
 NEVER = float("inf")
 AUDIO_S = 1.0  # every response that speaks sends this much audio (one delta)
@@ -75,6 +76,18 @@ SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {
 # response.created (once it starts), some audio, then done.
 OWN_SCRIPT: dict[str, tuple[tuple[str, str], ...]] = {"new": (("created", "open"),), "open": (("audio", "message"),),
                                                       "message": (), "tool": ()}
+
+# The faults (each costs one of the path's fault budget), and where each is injected.
+FAULTS = {
+    "lost-created": "a response.created never arrives (decided as the create reaches the server)",
+    "collision": "the server had just started a response of its own: created(own), then the collision error",
+    "rate-limited": "a response fails on a rate limit before generating (done failed, rate_limit_exceeded)",
+    "own-response": "the server starts a response of its own right after it was free again",
+    "stray": "an output_audio_buffer.started naming a response that does not exist, while a create is pending",
+    "late": "a late event of the last finished response: its transcript.done, output_audio_buffer.stopped, "
+            "a duplicate response.done",
+    "duplicate": "an event delivered twice in a row (a re-delivered frame)",
+}
 
 # Events a move may deliver twice in a row (a re-delivered frame), at the cost of a fault.
 DUPLICABLE = frozenset({"response.created", "response.done", "response.function_call_arguments.done",
@@ -135,7 +148,7 @@ class Resp(NamedTuple):
 class Shape(NamedTuple):
     """What the world needs to know of the flow (computed once)."""
 
-    tools: dict[str, list[dict[str, Any]]]  # tool -> the argument objects a call may carry
+    tools: dict[str, list[str]]  # tool -> the arguments (JSON) a call may carry
     results: dict[str, dict[str, Any]]  # job -> the result it reports (every field the templates read)
     triggers: dict[str, frozenset[str]]  # state -> the events its transitions name
     answers: int  # the candidate answers at most this often (0: the flow never listens)
@@ -144,10 +157,12 @@ class Shape(NamedTuple):
     statuses: tuple[str, ...]  # the response.done statuses worth telling apart
     finals: frozenset[str]  # the flow's final states
     auto: bool  # turn_detection.create_response: the server answers each committed turn itself
+    named: frozenset[str]  # every event some state of the flow names
+    kinds: frozenset[str]  # the FAULTS explored
 
     @classmethod
-    def of(cls, flow: Flow, answers: int, faults: int) -> Shape:
-        tools = {t.name: _arguments(t.parameters) for t in flow.session.tools}
+    def of(cls, flow: Flow, answers: int, faults: int, kinds: frozenset[str] = frozenset(FAULTS)) -> Shape:
+        tools = {t.name: [json.dumps(a) for a in _arguments(t.parameters)] for t in flow.session.tools}
         results: dict[str, dict[str, Any]] = {name: {} for name in flow.jobs}
         for text in _flow_texts(flow):
             for name in _template_names(text):
@@ -166,7 +181,8 @@ class Shape(NamedTuple):
         return cls(tools, results, triggers, answers if listens else 0, faults,
                    float(getattr(flow, "max_duration", 3600.0)), statuses,
                    frozenset(name for name, st in flow.states.items() if st.final),
-                   bool((flow.session.turn_detection or {}).get("create_response")))
+                   bool((flow.session.turn_detection or {}).get("create_response")),
+                   frozenset().union(*triggers.values()), kinds)
 
 
 @dataclass(slots=True)
@@ -193,13 +209,17 @@ class World:
     over: str | None = None  # the session ended: "final", "closed" or "error"
     heard: frozenset[str] = frozenset()  # responses in progress whose audio was reported heard
     fallback: bool = False  # the final state was reached by a timeout (the flow's own bound)
+    # What the last move started: faults are injected at their source only (a create just sent can
+    # lose its created or collide; a response just opened can be rate-limited; a response just done
+    # can be followed by late events or by a response of the server's own). Later is the same fault.
+    just: tuple[str, ...] = ()
     serial: int = 0  # fresh ids
     expecting: tuple[str, str, str] | None = None  # (call id, tool, state) while a tool call is fed
 
     def copy(self) -> World:
         return World(self.now, self.creates, self.responses, self.recent, self.playq, self.head_since, self.stops,
                      self.muted, self.cand, self.item, self.given, self.pending_tx, self.jobs, self.owed, self.faults,
-                     self.passed, self.closed, self.over, self.heard, self.fallback, self.serial, None)
+                     self.passed, self.closed, self.over, self.heard, self.fallback, (), self.serial, None)
 
     # Questions.
 
@@ -218,15 +238,21 @@ class World:
         for c in self.creates:
             b = min(b, c.sent + SILENCE_RELEASE)
         for r in self.responses:
-            b = min(b, r.since + SILENCE_RELEASE)
-            if r.audio_at is not None:
-                b = min(b, r.audio_at + HANGUP_MARGIN)
-        if self.playq and self.playq[0][3] is not None:
-            _, _, seconds, ended = self.playq[0]
-            b = min(b, max(ended, self.head_since) + seconds)
+            b = min(b, response_bound(r))
+        heard = self.heard_by()
+        if heard is not None:
+            b = min(b, heard)
         if self.stops:
             b = min(b, self.now)
         return b
+
+    def heard_by(self) -> float | None:
+        """When the player must report the head of its queue heard (None while it is not ended).
+        The entries behind it start when they become the head."""
+        if self.playq and self.playq[0][3] is not None:
+            _, _, seconds, ended = self.playq[0]
+            return max(ended, self.head_since) + seconds
+        return None
 
     # The moves.
 
@@ -236,14 +262,13 @@ class World:
         whole = 3 * SILENCE_RELEASE + AUDIO_S  # created, audio, done, then the audio heard
         total = (len(self.creates) + queued) * whole
         for r in self.responses:
-            if not r.tagged:
-                total += r.since + SILENCE_RELEASE - self.now + AUDIO_S
-            elif r.audio_at is not None:
-                total += r.audio_at + HANGUP_MARGIN - self.now + AUDIO_S
-            else:
-                total += 2 * SILENCE_RELEASE + AUDIO_S
-        if self.playq and self.playq[0][3] is not None:
-            total += max(0.0, self.bound() - self.now)
+            # The bound holds for the whole rest of the response once it has spoken or while the
+            # core waits for its tag; else the audio may still take a bound and the done another.
+            rest = response_bound(r) - self.now
+            total += (rest if "audio" in r.sent or not r.tagged else rest + HANGUP_MARGIN) + AUDIO_S
+        heard = self.heard_by()
+        if heard is not None:
+            total += max(0.0, heard - self.now)
         return total
 
     def moves(self, shape: Shape, deadline: float | None, timer: float | None, queued: int,
@@ -277,10 +302,11 @@ class World:
                                  Event(f"job.{name}.done", data={"result": shape.results.get(name, {})})))
             out.append(self._one(f"job {name} failed", "job_ends", name,
                                  Event(f"job.{name}.failed", data={"error": "the job failed"})))
-        if fault:
+        if fault and "duplicate" in shape.kinds:
             out += [self._dup(m) for m in out if len(m.inputs) == 1 and m.inputs[0][1] is not None
                     and m.inputs[0][1].type in DUPLICABLE]
-        if not self.closed:
+        if not self.closed and ("session.closed" in shape.triggers.get(state, ()) or state in shape.finals):
+            # Elsewhere a closed connection ends the session the same way in every state.
             out.append(self._one("session closed", "close", None,
                                  Event("session.closed", data={"reason": "the server closed the connection"})))
         return out
@@ -300,30 +326,36 @@ class World:
                 continue
             rid, item = self._fresh("resp"), self._fresh("item")
             yield self._one("created", "accept", (i, rid, item, True), _created(rid, c.tag, c.state))
-            if fault:
-                yield Move("created lost", "accept", (i, rid, item, False), (), True)
-                if not self.responses:  # the server had just started one of its own
+            if fault and "sent" in self.just:
+                if "lost-created" in shape.kinds:
+                    yield Move("created lost", "accept", (i, rid, item, False), (), True)
+                if "collision" in shape.kinds:  # the server had just started one of its own
                     own = self._fresh("own")
                     yield Move("collision", "collide", (i, own, self._fresh("item")),
                                ((self.now, _created(own, None, None)),
                                 (self.now, _error(c.event_id))), True)
         for i, r in enumerate(self.responses):
             yield from self._response_moves(i, r, shape, fault)
-        if self.recent is not None and fault:
+        if self.recent is not None and fault and "late" in shape.kinds:
             r = self.recent
             if r.tag is not None and "audio" in r.sent and "transcript.done" not in r.sent:
                 yield self._one("late transcript.done", "late", "transcript.done",
                                 _transcript_done(r.rid, r.item), True)
-            yield self._one("late output_audio_buffer.stopped", "late", "",
-                            _server({"type": "output_audio_buffer.stopped", "response_id": r.rid}), True)
-            yield self._one("late duplicate response.done", "late", "", _done(r, r.status or "completed"), True)
-        if fault:
+            if "done" in self.just or "output_audio_buffer.stopped" in shape.named:
+                yield self._one("late output_audio_buffer.stopped", "late", "",
+                                _simple("output_audio_buffer.stopped", "response_id", r.rid), True)
+            if "done" in self.just:
+                yield self._one("late duplicate response.done", "late", "", _done(r, r.status or "completed"), True)
+        if fault and "stray" in shape.kinds and (("sent" in self.just and self.creates)
+                                                 or "output_audio_buffer.started" in shape.named):
+            # A stray id matters while a create is pending (it must not take the create's place);
+            # elsewhere it is only recorded, unless the flow listens for that event.
             yield self._one("stray event", "stray", None,
-                            _server({"type": "output_audio_buffer.started", "response_id": self._fresh("stray")}), True)
-            if not self.busy():
-                own = self._fresh("own")
-                yield self._one("server starts its own response", "own", (own, self._fresh("item")),
-                                _created(own, None, None), True)
+                            _simple("output_audio_buffer.started", "response_id", self._fresh("stray")), True)
+        if fault and "own-response" in shape.kinds and "done" in self.just and not self.busy():  # free again
+            own = self._fresh("own")
+            yield self._one("server starts its own response", "own", (own, self._fresh("item")),
+                            _created(own, None, None), True)
 
     def _response_moves(self, i: int, r: Resp, shape: Shape, fault: bool) -> Iterator[Move]:
         script = SCRIPT if r.tag is not None else OWN_SCRIPT
@@ -340,7 +372,7 @@ class World:
                 yield self._one("transcript.done", "body", (i, event, phase), _transcript_done(r.rid, r.item))
             else:
                 for tool in r.tools:
-                    for n, args in enumerate(shape.tools.get(tool, [{}])):
+                    for n, args in enumerate(shape.tools.get(tool, ["{}"])):
                         call = f"call_{r.rid}"
                         yield self._one(f"tool {tool}" + (f" ({n + 1})" if n else ""), "tool", (i, call, tool),
                                         _tool_call(r.rid, call, tool, args))
@@ -349,30 +381,27 @@ class World:
             return
         for status in shape.statuses:
             yield self._one(f"done {status}", "finish", (i, status), _done(r, status))
-        if fault and r.phase == "open":
-            yield self._one("done rate-limited", "finish", (i, "failed"), _done(r, "failed", _RATE_LIMITED), True)
+        if fault and "rate-limited" in shape.kinds and r.phase == "open" and f"open {r.rid}" in self.just:
+            yield self._one("done rate-limited", "finish", (i, "failed"), _done(r, "failed", True), True)
 
     def _candidate_moves(self, shape: Shape, state: str) -> Iterator[Move]:
         # A turn starts only while the state listens to the candidate (or would stop the
         # interviewer for them); once started it always runs to its commit.
         if self.cand == "idle" and self.given < shape.answers and shape.triggers.get(state, frozenset()) & CANDIDATE:
             item = f"user_{self.given + 1}"
-            yield self._one("candidate speaks", "speak", item, _server(
-                {"type": "input_audio_buffer.speech_started", "item_id": item, "audio_start_ms": 0}))
+            yield self._one("candidate speaks", "speak", item,
+                            _simple("input_audio_buffer.speech_started", "item_id", item))
         elif self.cand == "speaking" and self.item is not None:
-            yield self._one("candidate stops", "stop_speaking", None, _server(
-                {"type": "input_audio_buffer.speech_stopped", "item_id": self.item, "audio_end_ms": 0}))
+            yield self._one("candidate stops", "stop_speaking", None,
+                            _simple("input_audio_buffer.speech_stopped", "item_id", self.item))
         elif self.cand == "stopped" and self.item is not None:
-            yield self._one("committed", "commit", shape, _server(
-                {"type": "input_audio_buffer.committed", "item_id": self.item, "previous_item_id": None}))
+            yield self._one("committed", "commit", shape, _simple("input_audio_buffer.committed", "item_id", self.item))
         if self.pending_tx is not None:
             item = self.pending_tx
-            yield self._one("transcript", "transcribed", None, _server(
-                {"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
-                 "content_index": 0, "transcript": ANSWER}))
-            yield self._one("transcription failed", "transcribed", None, _server(
-                {"type": "conversation.item.input_audio_transcription.failed", "item_id": item, "content_index": 0,
-                 "error": {"type": "transcription_error", "code": "audio_unintelligible", "message": "unclear"}}))
+            yield self._one("transcript", "transcribed", None,
+                            _simple("conversation.item.input_audio_transcription.completed", "item_id", item))
+            yield self._one("transcription failed", "transcribed", None,
+                            _simple("conversation.item.input_audio_transcription.failed", "item_id", item))
 
     def _player_moves(self) -> Iterator[Move]:
         if self.stops:
@@ -389,6 +418,7 @@ class World:
     # Steps: what a move changes in the world (before its inputs reach the core).
 
     def step(self, move: Move) -> None:
+        self.just = ()
         if move.op == "wait":
             self.passed = False
         elif move.op == "passing":
@@ -411,6 +441,7 @@ class World:
         since = self.now if delivered else c.sent  # a lost created: the gate's create timer runs on
         self.responses += (Resp(rid, item, c.tag, c.state, c.tools, "open", frozenset(), since, None, delivered,
                                 False),)
+        self.just += (f"open {rid}",)
 
     def _reject(self, i: int) -> None:
         self.creates = self.creates[:i] + self.creates[i + 1:]
@@ -448,6 +479,7 @@ class World:
         self.responses = self.responses[:i] + self.responses[i + 1:]
         self.recent = r
         self.heard -= {r.rid}
+        self.just += ("done",)
 
     def _late(self, what: str) -> None:
         if what and self.recent is not None:
@@ -563,6 +595,7 @@ class World:
             self.owed = ()
             self.creates += (Create(event["event_id"], meta["engine_request"], state, self.now,
                                     _tools_for(event["response"].get("tool_choice"), shape)),)
+            self.just += ("sent",)
         elif kind == "conversation.item.create" and event["item"].get("type") == "function_call_output":
             call = event["item"].get("call_id")
             self.owed = tuple(o for o in self.owed if o[0] != call)
@@ -631,6 +664,13 @@ class World:
         self.owed = ()
 
 
+def response_bound(r: Resp) -> float:
+    """Its next event must come before this: within SILENCE_RELEASE of the last (of the create,
+    until the core knows the response is ours), and its done within HANGUP_MARGIN of its audio."""
+    b = r.since + SILENCE_RELEASE
+    return b if r.audio_at is None else min(b, r.audio_at + HANGUP_MARGIN)
+
+
 def _grid_below(t: float) -> float:
     """The last grid point strictly before `t`."""
     k = int(t // GRID)
@@ -655,46 +695,80 @@ def _server(raw: dict[str, Any]) -> Event:
     return normalise(raw)
 
 
+# Each builder is cached: the same event is offered from many states, and Events are read-only.
+_cached = functools.lru_cache(maxsize=1 << 16)
+
+
+@_cached
+def _simple(kind: str, field: str, value: str) -> Event:
+    """An event that carries one id: the candidate's, a stray or late one."""
+    raw: dict[str, Any] = {"type": kind, field: value}
+    if kind.endswith("speech_started"):
+        raw["audio_start_ms"] = 0
+    elif kind.endswith("speech_stopped"):
+        raw["audio_end_ms"] = 0
+    elif kind.endswith("committed"):
+        raw["previous_item_id"] = None
+    elif kind.endswith("transcription.completed"):
+        raw.update(content_index=0, transcript=ANSWER)
+    elif kind.endswith("transcription.failed"):
+        raw.update(content_index=0, error={"type": "transcription_error", "code": "audio_unintelligible",
+                                           "message": "unclear"})
+    return normalise(raw)
+
+
+@_cached
 def _created(rid: str, tag: str | None, state: str | None) -> Event:
     meta = {"engine_request": tag, "state": state} if tag is not None and state is not None else {}
     return _server({"type": "response.created", "response": {"id": rid, "status": "in_progress", "output": [],
                                                                "metadata": meta}})
 
 
+@_cached
 def _audio(rid: str, item: str) -> Event:
     return _server({"type": "response.output_audio.delta", "response_id": rid, "item_id": item, "output_index": 0,
                     "content_index": 0, "delta": _AUDIO})
 
 
+@_cached
 def _audio_done(rid: str, item: str) -> Event:
     return _server({"type": "response.output_audio.done", "response_id": rid, "item_id": item, "output_index": 0,
                     "content_index": 0})
 
 
+@_cached
 def _transcript_done(rid: str, item: str) -> Event:
     return _server({"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": item,
                     "output_index": 0, "content_index": 0, "transcript": SPOKEN})
 
 
-def _tool_call(rid: str, call: str, name: str, args: dict[str, Any]) -> Event:
+@_cached
+def _tool_call(rid: str, call: str, name: str, arguments: str) -> Event:
     return _server({"type": "response.function_call_arguments.done", "response_id": rid, "item_id": f"fc_{call}",
-                    "output_index": 1, "call_id": call, "name": name, "arguments": json.dumps(args)})
+                    "output_index": 1, "call_id": call, "name": name, "arguments": arguments})
 
 
-def _done(r: Resp, status: str, error: dict[str, Any] | None = None) -> Event:
+def _done(r: Resp, status: str, rate_limited: bool = False) -> Event:
+    return _done_event(r.rid, r.item, r.tag, r.state, "audio" in r.sent, r.call, status, rate_limited)
+
+
+@_cached
+def _done_event(rid: str, item: str, tag: str | None, state: str | None, spoke: bool, call: str | None, status: str,
+                rate_limited: bool) -> Event:
     output: list[dict[str, Any]] = []
-    if "audio" in r.sent:
-        output.append({"type": "message", "id": r.item, "role": "assistant", "status": status,
+    if spoke:
+        output.append({"type": "message", "id": item, "role": "assistant", "status": status,
                        "content": [{"type": "output_audio", "transcript": SPOKEN}]})
-    if r.call is not None:
-        output.append({"type": "function_call", "id": f"fc_{r.call}", "call_id": r.call, "status": "completed"})
-    response: dict[str, Any] = {"id": r.rid, "status": status, "output": output,
-                                "metadata": {"engine_request": r.tag, "state": r.state} if r.tag else {}}
-    if error is not None:
-        response["status_details"] = {"type": status, "error": error}
+    if call is not None:
+        output.append({"type": "function_call", "id": f"fc_{call}", "call_id": call, "status": "completed"})
+    response: dict[str, Any] = {"id": rid, "status": status, "output": output,
+                                "metadata": {"engine_request": tag, "state": state} if tag else {}}
+    if rate_limited:
+        response["status_details"] = {"type": status, "error": _RATE_LIMITED}
     return _server({"type": "response.done", "response": response})
 
 
+@_cached
 def _error(event_id: str) -> Event:
     return _server({"type": "error", "error": {
         "type": "invalid_request_error", "code": "conversation_already_has_active_response",
