@@ -87,7 +87,8 @@ class Keyer:
         # A response's two time bases (its last event, its audio) only act through its bound.
         responses = tuple((ren(r.rid), ren(r.item), None if r.tag is None else ren(r.tag), r.state, r.tools, r.phase,
                            tuple(sorted(r.sent)), _rel(response_bound(r), now), r.tagged, r.cancel,
-                           None if r.call is None else ren(r.call), r.auto) for r in w.responses)
+                           None if r.call is None else (ren(r.call[0]), r.call[1], r.call[2]), r.auto)
+                          for r in w.responses)
         creates = tuple((ren(c.tag), c.state, _rel(c.sent, now), c.tools) for c in w.creates)
         # Only the head's report bound is a time that matters; the entries behind start when their
         # turn comes (their ended times are all in the past by then).

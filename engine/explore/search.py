@@ -21,6 +21,7 @@ from typing import Any
 from ..conversation import Model
 from ..effects import Effect
 from ..flow import Flow
+from ..gate import SILENCE_RELEASE, UNKNOWN_ACTIVE_WAIT
 from ..interview import Interview
 from ..replay import edges
 from .key import Keyer
@@ -191,6 +192,7 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
         deadline, timer, queued = times
         moves = world.moves(shape, deadline, timer, queued, node.state)
         _check_stall(world, shape, deadline, node.state, n, report, labels_to)
+        _check_stuck(world, snap, deadline, n, report, labels_to)
         children: list[tuple[int, Move]] = []
         last = len(moves) - 1
         for i, move in enumerate(moves):
@@ -215,7 +217,7 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
                 csnap, key = (), ("over", w.over)
             else:
                 csnap = child_iv.snapshot() if child_iv is not None else snap
-                if move.op == "tool":
+                if move.op in ("tool", "finish"):
                     w.took_tool_call(s[1] for s in csnap[1][_SEEN][1])
                 key = keyer.key(csnap, w)
             same = keys.setdefault(key, [])
@@ -278,6 +280,24 @@ def _check_stall(world: World, shape: Shape, deadline: float | None, state: str,
     waits = ", ".join(sorted(triggers)) or "nothing"
     report([Finding("stall", state, f"no deadline is pending and none of the events it waits for ({waits}) "
                                     f"can come")], n, labels_to(n))
+
+
+def _check_stuck(world: World, snap: tuple[Any, ...], deadline: float | None, n: int, report: Any,
+                 labels_to: Any) -> None:
+    """The server is free, a request of the flow waits in the gate (no backoff holds it), and the
+    core means to wait longer than the gate's own release bound: the request is stuck."""
+    if world.busy() or world.closed or world.over is not None or not snap:
+        return
+    _, requests, queue, *_ = snap[2]  # gate.snapshot: state, requests, queue, ...
+    if not queue:
+        return
+    waiting = {r[0]: r for r in requests}
+    head = waiting.get(queue[0])
+    if head is None or head[5] > world.now:  # not_before: a backoff holds it
+        return
+    if deadline is None or deadline > world.now + SILENCE_RELEASE + UNKNOWN_ACTIVE_WAIT:
+        report([Finding("stuck-request", head[1], f"its request {head[0]} waits while the server is free, and "
+                                                  f"nothing is due to send it")], n, labels_to(n))
 
 
 def _check_livelock(nodes: list[_Node], tsucc: list[list[tuple[int, str]]], expanded: set[int], report: Any,
@@ -440,7 +460,7 @@ def rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> list[S
         fs: list[Finding] = []
         outputs: list[tuple[float, Any, list[Effect]]] = []
         _feed(iv, world, move, shape, fired, fs, outputs)
-        if move.op == "tool":
+        if move.op in ("tool", "finish"):
             world.took_tool_call(s[1] for s in iv.snapshot()[1][_SEEN][1])
         steps.append(Step(move, outputs, fs))
     return steps

@@ -53,6 +53,7 @@ PROPERTIES = {
     "hangup-unheard": "hung up while audio the flow asked for was still unheard",
     "tool-unanswered": "a tool call the state expects is never answered",
     "internal-error": "the core failed (outcome error)",
+    "stuck-request": "a request waits while the server is free for longer than the gate's release bound",
 }
 
 # response.done statuses a response may end with, at any point of its script. A rate limit is a
@@ -87,6 +88,8 @@ FAULTS = {
     "late": "a late event of the last finished response: its transcript.done, output_audio_buffer.stopped, "
             "a duplicate response.done",
     "duplicate": "an event delivered twice in a row (a re-delivered frame)",
+    "lost-done": "a response.done never arrives (the gate must release the response after its silence)",
+    "lost-tool-call": "a function call's event never arrives (response.done still lists the call)",
 }
 
 # Events a move may deliver twice in a row (a re-delivered frame), at the cost of a fault.
@@ -141,7 +144,7 @@ class Resp(NamedTuple):
     tagged: bool  # the core has seen its tag (response.created delivered)
     cancel: bool  # the core asked to cancel it
     status: str = ""  # once done
-    call: str | None = None  # its tool call
+    call: tuple[str, str, str] | None = None  # its tool call: (call id, tool, arguments)
     auto: bool = False  # the server's own answer to a turn (create_response: true), not a fault
 
 
@@ -374,13 +377,17 @@ class World:
                 for tool in r.tools:
                     for n, args in enumerate(shape.tools.get(tool, ["{}"])):
                         call = f"call_{r.rid}"
-                        yield self._one(f"tool {tool}" + (f" ({n + 1})" if n else ""), "tool", (i, call, tool),
-                                        _tool_call(r.rid, call, tool, args))
+                        label = f"tool {tool}" + (f" ({n + 1})" if n else "")
+                        yield self._one(label, "tool", (i, call, tool, args), _tool_call(r.rid, call, tool, args))
+                        if fault and "lost-tool-call" in shape.kinds:
+                            yield Move(label + " lost", "tool", (i, call, tool, args), (), True)
         if r.tag is None:
             yield self._one("done completed", "finish", (i, "completed"), _done(r, "completed"))
             return
         for status in shape.statuses:
             yield self._one(f"done {status}", "finish", (i, status), _done(r, status))
+        if fault and "lost-done" in shape.kinds:
+            yield Move("done lost", "finish", (i, "completed"), (), True)
         if fault and "rate-limited" in shape.kinds and r.phase == "open" and f"open {r.rid}" in self.just:
             yield self._one("done rate-limited", "finish", (i, "failed"), _done(r, "failed", True), True)
 
@@ -464,11 +471,11 @@ class World:
                        audio_at=self.now if event == "audio" else r.audio_at, tagged=r.tagged or event == "created")
         self.responses = self.responses[:i] + (r,) + self.responses[i + 1:]
 
-    def _tool(self, arg: tuple[int, str, str]) -> None:
-        i, call, tool = arg
+    def _tool(self, arg: tuple[int, str, str, str]) -> None:
+        i, call, tool, args = arg  # `args` is the JSON the call carries (listed again in response.done)
         r = self.responses[i]
         self.responses = (self.responses[:i]
-                          + (r._replace(phase="tool", sent=r.sent | {"tool"}, call=call,
+                          + (r._replace(phase="tool", sent=r.sent | {"tool"}, call=(call, tool, args),
                                         since=self.now if r.tagged else r.since),)
                           + self.responses[i + 1:])
         self.expecting = (call, tool, r.state or "")
@@ -480,6 +487,8 @@ class World:
         self.recent = r
         self.heard -= {r.rid}
         self.just += ("done",)
+        if r.call is not None and r.tag is not None:  # a call lost on the way comes with the done
+            self.expecting = (r.call[0], r.call[1], r.state or "")
 
     def _late(self, what: str) -> None:
         if what and self.recent is not None:
@@ -753,14 +762,15 @@ def _done(r: Resp, status: str, rate_limited: bool = False) -> Event:
 
 
 @_cached
-def _done_event(rid: str, item: str, tag: str | None, state: str | None, spoke: bool, call: str | None, status: str,
-                rate_limited: bool) -> Event:
+def _done_event(rid: str, item: str, tag: str | None, state: str | None, spoke: bool,
+                call: tuple[str, str, str] | None, status: str, rate_limited: bool) -> Event:
     output: list[dict[str, Any]] = []
     if spoke:
         output.append({"type": "message", "id": item, "role": "assistant", "status": status,
                        "content": [{"type": "output_audio", "transcript": SPOKEN}]})
-    if call is not None:
-        output.append({"type": "function_call", "id": f"fc_{call}", "call_id": call, "status": "completed"})
+    if call is not None:  # response.done lists the call with its arguments (realtime.md §4)
+        output.append({"type": "function_call", "id": f"fc_{call[0]}", "call_id": call[0], "name": call[1],
+                       "arguments": call[2], "status": "completed"})
     response: dict[str, Any] = {"id": rid, "status": status, "output": output,
                                 "metadata": {"engine_request": tag, "state": state} if tag else {}}
     if rate_limited:
