@@ -44,11 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate flow files; exit 1 with path:line:col: message lines")
     check.add_argument("flows", nargs="+", type=Path)
     check.add_argument("--explore", action="store_true", help="also explore every order of events (bounded)")
-    check.add_argument("--answers", type=int, help="--explore: candidate answers per path (default: enough for "
-                       "every guard of the flow)")
+    check.add_argument("--answers", type=int, default=1, help="--explore: candidate answers per path (default 1)")
     check.add_argument("--depth", type=int, default=400, help="--explore: inputs per path (default 400)")
     check.add_argument("--budget", type=float, default=60.0, help="--explore: seconds to spend per flow (default 60)")
-    check.add_argument("--faults", type=int, default=1, help="--explore: faults per path (default 1)")
+    check.add_argument("--faults", type=int, default=0, help="--explore: faults per path (default 0)")
     check.add_argument("--out", type=Path, default=Path("runs/explore"), help="--explore: where counterexample "
                        "traces go (default runs/explore)")
     check.set_defaults(func=_check)

@@ -1,6 +1,6 @@
 """`engine check --explore`: every order of events a flow can meet, through the real core.
 
-    result = explore(flow, Bounds(answers=2, depth=400, budget=60, faults=1))
+    result = explore(flow, Bounds(answers=1, depth=400, budget=60, faults=0))
     result.violations, result.warnings, result.explored, result.distinct
 
 The world (world.py) plays the Realtime server, the candidate, the player, the jobs and the
@@ -10,8 +10,8 @@ their key (key.py); report.py prints the findings and writes each counterexample
 """
 
 from .report import check_main
-from .search import Bounds, Result, Violation, Warning_, default_answers, explore, rerun
+from .search import Bounds, Result, Violation, Warning_, explore, rerun
 from .world import PROPERTIES, Finding
 
 __all__ = ["explore", "Bounds", "Result", "Violation", "Warning_", "Finding", "PROPERTIES", "check_main",
-           "default_answers", "rerun"]
+           "rerun"]

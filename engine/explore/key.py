@@ -36,10 +36,6 @@ _STATE, _ASKING, _SEEN, _ASKED, _HELD, _DEADLINES, _JOBS, _HOLDS, _TIMEOUTS = (
     _M[n] for n in ("state", "asking", "seen", "asked", "held", "deadlines", "jobs", "holds", "timeouts"))
 
 
-def _rel(t: float | None, now: float) -> float | None:
-    return None if t is None else round(t - now, 6)
-
-
 class Keyer:
     """Computes keys for one flow (its guard thresholds and template names, computed once)."""
 
@@ -63,47 +59,40 @@ class Keyer:
         _, model, gate, playback, facts, _recent = snap
         now = world.now
         names: dict[str, int] = {}
-
-        def ren(x: str) -> int:
-            n = names.get(x)
-            if n is None:
-                n = names[x] = len(names)
-            return n
-
-        w = self._world_key(world, ren)
+        w = self._world_key(world, names)
         live = dict(names)  # everything the world may still name
-
-        def lv(x: str) -> int | None:
-            return live.get(x)
-
-        g = self._gate_key(gate, now, ren, lv)
-        m = self._model_key(model, now, names, lv)  # after the gate: the request tags are named
-        return (w, m, g, self._playback_key(playback, now, ren, lv), self._facts_key(facts, world, ren, lv))
+        g = self._gate_key(gate, now, names, live)
+        m = self._model_key(model, now, names, live)  # after the gate: the request tags are named
+        return (w, m, g, self._playback_key(playback, now, names, live), self._facts_key(facts, world, names, live))
 
     # The world.
 
-    def _world_key(self, w: World, ren: Any) -> tuple[Any, ...]:
+    def _world_key(self, w: World, names: dict[str, int]) -> tuple[Any, ...]:
         now = w.now
+        nm = names.setdefault
         # A response's two time bases (its last event, its audio) only act through its bound.
-        responses = tuple((ren(r.rid), ren(r.item), None if r.tag is None else ren(r.tag), r.state, r.tools, r.phase,
-                           tuple(sorted(r.sent)), _rel(response_bound(r), now), r.tagged, r.cancel,
-                           None if r.call is None else (ren(r.call[0]), r.call[1], r.call[2]), r.auto)
-                          for r in w.responses)
-        creates = tuple((ren(c.tag), c.state, _rel(c.sent, now), c.tools) for c in w.creates)
+        responses = []
+        for r in w.responses:
+            rid, item = nm(r.rid, len(names)), nm(r.item, len(names))
+            tag = None if r.tag is None else nm(r.tag, len(names))
+            responses.append((rid, item, tag, r.state, r.tools, r.phase, tuple(sorted(r.sent)),
+                              round(response_bound(r) - now, 6), r.tagged, r.cancel, _call(r, names), r.auto))
+        creates = tuple((nm(c.tag, len(names)), c.state, round(c.sent - now, 6), c.tools) for c in w.creates)
         # Only the head's report bound is a time that matters; the entries behind start when their
         # turn comes (their ended times are all in the past by then).
-        playq = tuple((ren(rid), seconds, ended is not None) for rid, _, seconds, ended in w.playq)
+        playq = tuple((nm(rid, len(names)), seconds, ended is not None) for rid, _, seconds, ended in w.playq)
         heard_by = w.heard_by()
-        stops = tuple((None if e.response_id is None else ren(e.response_id), e.data.get("played_ms"),
-                       tuple(ren(r) for r in e.data.get("dropped", ()))) for e in w.stops)
-        cand = (w.cand, None if w.item is None else ren(w.item), None if w.pending_tx is None else ren(w.pending_tx))
-        owed = tuple((ren(c), s) for c, s in w.owed)
-        muted = tuple(sorted(ren(r) for r in w.muted if r in _names_of(w)))
-        heard = tuple(sorted(ren(r) for r in w.heard))
+        stops = tuple((None if e.response_id is None else nm(e.response_id, len(names)), e.data.get("played_ms"),
+                       tuple(nm(r, len(names)) for r in e.data.get("dropped", ()))) for e in w.stops)
+        cand = (w.cand, None if w.item is None else nm(w.item, len(names)),
+                None if w.pending_tx is None else nm(w.pending_tx, len(names)))
+        owed = tuple((nm(c, len(names)), st) for c, st in w.owed)
+        muted = tuple(sorted(nm(r, len(names)) for r in w.muted if r in _names_of(w))) if w.muted else ()
+        heard = tuple(sorted(nm(r, len(names)) for r in w.heard)) if w.heard else ()
         # The budgets (faults and answers left) are not in the key: a state with more of both left
         # covers the same state with less (search.py keeps the largest seen per key).
-        return (responses, creates, playq, _rel(heard_by, now), stops, muted,
-                cand, tuple(sorted(w.jobs)), owed, w.passed, w.closed, heard, w.fallback)
+        return (tuple(responses), creates, playq, None if heard_by is None else round(heard_by - now, 6), stops,
+                muted, cand, tuple(sorted(w.jobs)), owed, w.passed, w.closed, heard, w.fallback)
 
     def budgets(self, world: World, key: tuple[Any, ...]) -> tuple[int, int, Any]:
         """What the world may still do beside its key: faults left, answers given, and what the
@@ -113,14 +102,11 @@ class Keyer:
         if world.faults <= 0 or key[0] == "over":
             return world.faults, world.given, None
         names: dict[str, int] = {}
+        self._world_key(world, names)  # the same names as the key's
 
         def ren(x: str) -> int:
-            n = names.get(x)
-            if n is None:
-                n = names[x] = len(names)
-            return n
+            return names.setdefault(x, len(names))
 
-        self._world_key(world, ren)  # the same names as the key's
         kinds = self._shape.kinds
         late = None
         r = world.recent
@@ -141,63 +127,71 @@ class Keyer:
 
     # The core, by the snapshot's layout.
 
-    def _model_key(self, model: tuple[Any, ...], now: float, named: dict[str, int], lv: Any) -> tuple[Any, ...]:
+    def _model_key(self, model: tuple[Any, ...], now: float, named: dict[str, int],
+                   live: dict[str, int]) -> tuple[Any, ...]:
         # A tag the gate and the world no longer know answers nothing that can still arrive.
         asked = tuple(sorted(named[t[1]] for t in model[_ASKED][1] if t[1] in named))
-        held = tuple(sorted((lv(rid), events) for rid, events in model[_HELD][1] if lv(rid) is not None))
+        held = tuple(sorted((live[rid], events) for rid, events in model[_HELD][1] if rid in live))
         deadlines = tuple(sorted((round(d[1][0][1] - now, 6), d[1][1][1]) for d in model[_DEADLINES][1]))
         jobs = tuple(sorted((name, round(t[1] - now, 6)) for name, t in model[_JOBS][1]))
         holds = tuple(sorted((name, round(t[1] - now, 6)) for name, t in model[_HOLDS][1]))
         return (model[_STATE][1], model[_ASKING][1], model[_SEEN], asked, held, deadlines, jobs, holds,
                 model[_TIMEOUTS][1] > 0)
 
-    def _gate_key(self, gate: tuple[Any, ...], now: float, ren: Any, lv: Any) -> tuple[Any, ...]:
+    def _gate_key(self, gate: tuple[Any, ...], now: float, names: dict[str, int],
+                  live: dict[str, int]) -> tuple[Any, ...]:
         state, requests, queue, pending, progress, unknown, answers, finished, superseded = gate
-        reqs = tuple((ren(tag), asker, dict(body).get("tool_choice"), collisions, rate_limits,
-                      max(0.0, round(not_before - now, 6)) if not_before else 0.0, wanted)
+        nm = names.setdefault
+        reqs = tuple((nm(tag, len(names)), asker, dict(body).get("tool_choice") if body else None, collisions,
+                      rate_limits, max(0.0, round(not_before - now, 6)) if not_before else 0.0, wanted)
                      for tag, asker, body, collisions, rate_limits, not_before, wanted in requests)
-        return (state, reqs, tuple(ren(t) for t in queue),
-                None if pending is None else (ren(pending[0]), round(pending[2] - now, 6)),
-                tuple(sorted((ren(rid), round(t - now, 6)) for rid, t in progress)), _rel(unknown, now),
-                tuple(sorted((lv(rid), ren(tag)) for rid, tag in answers if lv(rid) is not None)),
-                tuple(sorted(lv(r) for r in finished if lv(r) is not None)),
-                tuple(sorted(lv(r) for r in superseded if lv(r) is not None)))
+        return (state, reqs, tuple(nm(t, len(names)) for t in queue),
+                None if pending is None else (nm(pending[0], len(names)), round(pending[2] - now, 6)),
+                tuple(sorted((nm(rid, len(names)), round(t - now, 6)) for rid, t in progress)),
+                None if unknown is None else round(unknown - now, 6),
+                tuple(sorted((live[rid], nm(tag, len(names))) for rid, tag in answers if rid in live)),
+                tuple(sorted(live[r] for r in finished if r in live)),
+                tuple(sorted(live[r] for r in superseded if r in live)))
 
-    def _playback_key(self, pb: tuple[Any, ...], now: float, ren: Any, lv: Any) -> tuple[Any, ...]:
+    def _playback_key(self, pb: tuple[Any, ...], now: float, names: dict[str, int],
+                      live: dict[str, int]) -> tuple[Any, ...]:
         items, responses, heard, ended, playing, silenced, hangup, hangup_at = pb
-        playing_set = set(playing)
-        return (tuple(sorted((lv(i), b) for i, b in items if lv(i) is not None)),
-                tuple(sorted((ren(r), b) for r, b in responses if r in playing_set or lv(r) is not None)),
-                tuple(sorted((lv(i), ms) for i, ms in heard if lv(i) is not None)),
-                tuple(sorted(lv(r) for r in ended if lv(r) is not None)),
-                tuple(sorted(ren(r) for r in playing)),
-                tuple(sorted(lv(r) for r in silenced if lv(r) is not None)),
-                hangup, _rel(hangup_at, now))
+        nm = names.setdefault
+        return (tuple(sorted((live[i], b) for i, b in items if i in live)),
+                tuple(sorted((nm(r, len(names)), b) for r, b in responses if r in live or r in playing)),
+                tuple(sorted((live[i], ms) for i, ms in heard if i in live)),
+                tuple(sorted(live[r] for r in ended if r in live)),
+                tuple(sorted(nm(r, len(names)) for r in playing)),
+                tuple(sorted(live[r] for r in silenced if r in live)),
+                hangup, round(hangup_at - now, 6) if hangup_at != _INF else None)
 
-    def _facts_key(self, facts: tuple[Any, ...], world: World, ren: Any, lv: Any) -> tuple[Any, ...]:
+    def _facts_key(self, facts: tuple[Any, ...], world: World, names: dict[str, int],
+                   live: dict[str, int]) -> tuple[Any, ...]:
         turns, results, args, call_id, answers, candidate, ended, _speech, _names, handled = facts
         resolves = self._resolves.get((results, args))
         if resolves is None:
             resolves = self._resolves[(results, args)] = self._resolve(thaw(results), thaw(args))
         ended_set = set(ended)
         awaiting = False
-        for turn in turns[1]:
-            t = dict(turn[1])
-            if (t["role"][1] == "candidate" and t["item_id"][1] in ended_set and not t["transcribed"][1]
-                    and "transcript_failed" not in t):
-                awaiting = True
-                break
-        index = dict(candidate)
+        if ended_set:
+            for turn in turns[1]:
+                t = dict(turn[1])
+                if (t["role"][1] == "candidate" and t["item_id"][1] in ended_set and not t["transcribed"][1]
+                        and "transcript_failed" not in t):
+                    awaiting = True
+                    break
         mine = []
-        for item in (world.item, world.pending_tx):
-            if item is None:
-                continue
-            turn = dict(turns[1][index[item]][1]) if item in index else None
-            mine.append((ren(item), item in ended_set, turn is not None and turn["transcribed"][1],
-                         turn is not None and "transcript_failed" in turn))
-        marks = tuple(sorted((kind, lv(x)) for kind, x in handled if lv(x) is not None))
+        if world.item is not None or world.pending_tx is not None:
+            index = dict(candidate)
+            for item in (world.item, world.pending_tx):
+                if item is None:
+                    continue
+                turn = dict(turns[1][index[item]][1]) if item in index else None
+                mine.append((names.setdefault(item, len(names)), item in ended_set,
+                             turn is not None and turn["transcribed"][1], turn is not None and "transcript_failed" in turn))
+        marks = tuple(sorted((kind, live[x]) for kind, x in handled if x in live))
         return (min(answers, self._cap), resolves, awaiting, tuple(mine), marks,
-                None if call_id is None else lv(call_id) if lv(call_id) is not None else -1)
+                None if call_id is None else live.get(call_id, -1))
 
     def _resolve(self, results: dict[str, Any], args: dict[str, Any]) -> tuple[bool, ...]:
         context: dict[str, Any] = {"answers": 0, "last_answer": "", "tool": args, **results}
@@ -214,6 +208,16 @@ class Keyer:
 
 
 _MISSING = object()
+_INF = float("inf")
+
+
+def _call(r: Any, names: dict[str, int]) -> Any:
+    """A response's tool call: its arguments matter only while the core has not seen the call
+    (its event was lost: response.done will list it)."""
+    if r.call is None:
+        return None
+    call = names.setdefault(r.call[0], len(names))
+    return (call, r.call[1], r.call[2]) if "tool lost" in r.sent else call
 
 
 def _names_of(w: World) -> set[str]:

@@ -30,6 +30,10 @@ def check_main(args: argparse.Namespace) -> int:
     """`engine check --explore FLOW...`: 0 clean (warnings allowed), 1 violations or flow errors,
     2 unreadable."""
     bounds = Bounds(answers=args.answers, depth=args.depth, budget=args.budget, faults=args.faults)
+    if min(bounds.answers, bounds.depth, bounds.faults) < 0 or not bounds.budget > 0:
+        print("engine check: --answers, --depth and --faults must be 0 or more, --budget more than 0",
+              file=sys.stderr)
+        return 2
     status = 0
     for path in args.flows:
         try:
@@ -71,6 +75,8 @@ def findings(result: Result, path: Path, out: Path) -> list[str]:
     """The violation lines (writing their traces under `out`), then the warnings."""
     doc = _document(path)
     folder = out / path.stem
+    for old in folder.glob("*.trace.jsonl") if folder.is_dir() else ():
+        old.unlink()  # the counterexamples of an earlier run of this flow
     lines = []
     order = list(PROPERTIES)
     for v in sorted(result.violations, key=lambda v: (order.index(v.finding.prop), len(v.labels))):
@@ -93,12 +99,17 @@ def write_trace(result: Result, violation: Violation, folder: Path) -> tuple[Pat
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.trace.jsonl"
     steps = rerun(result.flow, result.bounds, result.answers, violation.labels)
+    if f.prop in ("livelock", "no-final"):  # properties of the graph: the rerun must reach the same state
+        reproduced = steps[-1].key == violation.key and (
+            violation.entry < 0 or steps[violation.entry].key == violation.key)
+    else:
+        reproduced = any(x.prop == f.prop for x in steps[-1].findings)
     meta: dict[str, Any] = {"format": TRACE_FORMAT, "engine": _version(), **flow_identity(result.flow.path),
                             "session": f"explore:{name}",
                             "explore": {"property": f.prop, "state": f.state, "detail": f.detail,
                                         "moves": violation.labels, "answers": result.answers,
                                         "faults": result.bounds.faults,
-                                        "reproduced": any(x.prop == f.prop for x in steps[-1].findings)}}
+                                        "reproduced": reproduced}}
     writer = TraceWriter(path, meta)
     inputs = 0
     try:

@@ -27,7 +27,7 @@ from ..replay import edges
 from .key import Keyer
 from .world import CANDIDATE, FAULTS, Finding, Move, Shape, World
 
-__all__ = ["Bounds", "Result", "Violation", "Warning_", "explore", "default_answers", "rerun", "Step"]
+__all__ = ["Bounds", "Result", "Violation", "Warning_", "explore", "rerun", "Step"]
 
 _M = {f.name: i for i, f in enumerate(dataclasses.fields(Model))}
 _SEEN, _STARTED, _DEADLINES, _JOBS, _HOLDS = (_M[n] for n in ("seen", "started", "deadlines", "jobs", "holds"))
@@ -36,7 +36,7 @@ _CHECK_EVERY = 256  # children between two looks at the wall clock
 
 @dataclass(frozen=True)
 class Bounds:
-    answers: int | None = None  # candidate turns per path (None: enough for every guard of the flow)
+    answers: int = 1  # candidate turns per path
     depth: int = 400  # moves per path
     budget: float = 60.0  # seconds of wall-clock time
     faults: int = 1  # faults per path (lost or duplicated events, strays, collisions, ...)
@@ -48,6 +48,8 @@ class Violation:
     finding: Finding
     node: int  # where it shows (the node reached by the last move)
     labels: list[str]  # the moves from the start, by label
+    key: int = 0  # hash of the key of that node (a livelock's trace comes back to it)
+    entry: int = -1  # a livelock: how many moves lead to the cycle (the rest go round it)
 
 
 @dataclass
@@ -72,7 +74,19 @@ class Result:
     complete: bool = True  # False: the depth or the budget cut the search
     cut: str = ""  # what cut it
     seconds: float = 0.0
-    visited: dict[str, int] = field(default_factory=dict)  # order checks: what the model did, by label
+    visited: dict[str, int] = field(default_factory=dict)  # moves taken, by kind (their label)
+    tree: list[tuple[int, str, str]] = field(default_factory=list)  # per state: (parent, move label, flow state)
+    edges: list[tuple[int, str, int]] = field(default_factory=list)  # (from, move label, to) if asked for
+    keys: list[int] = field(default_factory=list)  # per state: the hash of its key (budgets aside)
+
+    def path(self, node: int) -> list[str]:
+        """The labels of the moves that first reached `node`."""
+        out = []
+        while node > 0:
+            parent, label, _ = self.tree[node]
+            out.append(label)
+            node = parent
+        return out[::-1]
 
     @property
     def flow_transitions(self) -> int:
@@ -83,13 +97,6 @@ class Result:
         return sum(1 for e in edges(self.flow) if e.via != "initial" and e.via in self.fired)
 
 
-def default_answers(flow: Flow) -> int:
-    """Candidate turns enough to make every guard of the flow both true and false."""
-    points = [g.min_answers for g in flow.guards.values() if g.min_answers is not None]
-    points += [g.max_answers + 1 for g in flow.guards.values() if g.max_answers is not None]
-    return max([2, *points])
-
-
 @dataclass
 class _Node:
     parent: int
@@ -97,6 +104,7 @@ class _Node:
     depth: int
     state: str
     closed: bool = False  # the connection is gone: what follows is no matter of the flow's liveness
+    key: int = 0  # hash of its key (a rerun checks it arrives at the same state)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Step:
     move: Move
     outputs: list[tuple[float, Any, list[Effect]]]  # (t, event or None, effects)
     findings: list[Finding]
+    key: int = 0  # hash of the state's key after the move
 
 
 def _deadline(iv: Interview, snap: tuple[Any, ...], shape: Shape) -> tuple[float | None, float | None, int]:
@@ -137,12 +146,12 @@ def _feed(iv: Interview, world: World, move: Move, shape: Shape, fired: set[str]
         world.apply(effects, shape, fired, findings, iv.state)
 
 
-def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
-    """Every order of events the world can produce for `flow`, within `bounds`."""
-    answers = default_answers(flow) if bounds.answers is None else bounds.answers
-    shape = Shape.of(flow, answers, bounds.faults, bounds.kinds)
+def explore(flow: Flow, bounds: Bounds = Bounds(), *, edges: bool = False) -> Result:
+    """Every order of events the world can produce for `flow`, within `bounds`. With `edges`,
+    `Result.edges` lists every transition taken, merged ones too (for tests of the model)."""
+    shape = Shape.of(flow, bounds.answers, bounds.faults, bounds.kinds)
     keyer = Keyer(flow, shape)
-    result = Result(flow, bounds, answers)
+    result = Result(flow, bounds, shape.answers)  # 0 if the flow never listens to the candidate
     t0 = time.monotonic()
 
     iv = Interview(flow)
@@ -150,7 +159,7 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
     findings: list[Finding] = []
     world.apply(iv.start(0.0), shape, result.fired, findings, iv.state)
     snap = iv.snapshot()
-    nodes = [_Node(-1, "start", 0, iv.state)]
+    nodes = [_Node(-1, "start", 0, iv.state, key=hash(keyer.key(snap, world)))]
     # key -> the nodes with that key and their budgets (faults, answers left); a new state whose
     # budgets are both at most those of a node with its key is that node.
     root_key = keyer.key(snap, world)
@@ -163,13 +172,13 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
 
     stuck: set[int] = set()  # nodes where a stall or a livelock was found
 
-    def report(fs: list[Finding], node: int, labels: list[str]) -> None:
+    def report(fs: list[Finding], node: int, labels: list[str], entry: int = -1) -> None:
         for f in fs:
             if f.prop in ("stall", "livelock"):
                 stuck.add(node)
             if (f.prop, f.state) not in reported:
                 reported.add((f.prop, f.state))
-                result.violations.append(Violation(f, node, labels))
+                result.violations.append(Violation(f, node, labels, nodes[node].key, entry))
 
     def labels_to(node: int) -> list[str]:
         out = []
@@ -211,8 +220,7 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
                 child_iv = None
                 w.step(move)
             result.transitions += 1
-            kind = move.label.split(" (")[0]
-            result.visited[kind] = result.visited.get(kind, 0) + 1
+            result.visited[move.label] = result.visited.get(move.label, 0) + 1
             if w.over is not None:  # the session ended: nothing of its state matters any more
                 csnap, key = (), ("over", w.over)
             else:
@@ -227,7 +235,7 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
                 c = len(nodes)
                 same.append((c, budgets))
                 nodes.append(_Node(n, move.label, node.depth + 1, child_iv.state if child_iv else node.state,
-                                   w.closed))
+                                   w.closed, hash(key)))
                 succ.append([])
                 tsucc.append([])
                 if w.over is not None:
@@ -241,6 +249,8 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
             if fs:
                 report(fs, c, labels_to(n) + [move.label])
             children.append((c, move))
+            if edges:
+                result.edges.append((n, move.label, c))
         if out_of_time:  # a node half expanded counts as not expanded
             frontier.appendleft((n, snap, world, times, None))
             break
@@ -252,6 +262,8 @@ def explore(flow: Flow, bounds: Bounds = Bounds()) -> Result:
         result.complete = False
         result.cut = f"budget {bounds.budget:g}s" if out_of_time else result.cut or f"depth {bounds.depth}"
     result.distinct = len(nodes)
+    result.tree = [(x.parent, x.label, x.state) for x in nodes]
+    result.keys = [x.key for x in nodes]
     unexpanded = {i for i in range(len(nodes)) if i not in expanded and i not in terminal}
     stuck |= _check_livelock(nodes, tsucc, expanded, report, labels_to)
     _check_final(nodes, succ, terminal, unexpanded | stuck, expanded, report, labels_to)
@@ -310,9 +322,10 @@ def _check_livelock(nodes: list[_Node], tsucc: list[list[tuple[int, str]]], expa
         cycle = _cycle_labels(entry, component, tsucc)
         states = sorted({nodes[i].state for i in component})
         cycling |= component
+        path = labels_to(entry)
         report([Finding("livelock", nodes[entry].state,
                         f"timeouts alone cycle through {', '.join(repr(s) for s in states)} and never end the "
-                        f"session")], entry, labels_to(entry) + cycle)
+                        f"session")], entry, path + cycle, len(path))
     return cycling
 
 
@@ -409,7 +422,9 @@ def _check_final(nodes: list[_Node], succ: list[list[int]], terminal: dict[int, 
 
 
 def _coverage_warnings(flow: Flow, result: Result, nodes: list[_Node]) -> list[Warning_]:
-    bounded = "" if result.complete else f" within the bounds ({result.cut})"
+    b = result.bounds
+    bounded = f" (explored: answers {result.answers}, faults {b.faults}" + ("" if result.complete else
+                                                                          f", cut by the {result.cut}") + ")"
     entered = {flow.initial} | {n.state for n in nodes}
     out: list[Warning_] = []
     for name in flow.states:
@@ -437,30 +452,44 @@ def _coverage_warnings(flow: Flow, result: Result, nodes: list[_Node]) -> list[W
             via = f"states.{name}.after[{i}]"
             if via not in result.fired:
                 out.append(Warning_("unreachable-transition", name, via, f"{via} ({name} after "
-                                    f"{timeout.delay:g}s) is never taken by any order of events{bounded}"))
+                                    f"{timeout.delay:g}s) never fires: every order of events leaves '{name}' "
+                                    f"earlier, so it only guards against a server or player slower than the core "
+                                    f"assumes{bounded}"))
     return out
 
 
 def rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> list[Step]:
     """Play a path again from a fresh core, choosing each move by its label (labels carry only
-    relative times and the world's own names, so a path through merged states plays too)."""
+    relative times and the world's own names, so a path through merged states plays too). Each
+    step has the findings of its move and, after the last, those of the state it reached."""
     shape = Shape.of(flow, answers, bounds.faults, bounds.kinds)
+    keyer = Keyer(flow, shape)
     iv = Interview(flow)
-    world = World(faults=bounds.faults)
+    world = World(faults=bounds.faults)  # as explore() starts it
     findings: list[Finding] = []
     fired: set[str] = set()
     start = iv.start(0.0)
     world.apply(start, shape, fired, findings, iv.state)
-    steps = [Step(Move("start", "", None, ()), [(0.0, "start", start)], findings)]
+    snap = iv.snapshot()
+    steps = [Step(Move("start", "", None, ()), [(0.0, "start", start)], findings, hash(keyer.key(snap, world)))]
     for label in labels:
-        snap = iv.snapshot()
         move = next((m for m in world.moves(shape, *_deadline(iv, snap, shape), iv.state) if m.label == label), None)
         if move is None:
             raise LookupError(f"no move '{label}' in the rerun")
         fs: list[Finding] = []
         outputs: list[tuple[float, Any, list[Effect]]] = []
         _feed(iv, world, move, shape, fired, fs, outputs)
+        snap = iv.snapshot()
         if move.op in ("tool", "finish"):
-            world.took_tool_call(s[1] for s in iv.snapshot()[1][_SEEN][1])
-        steps.append(Step(move, outputs, fs))
+            world.took_tool_call(s[1] for s in snap[1][_SEEN][1])
+        steps.append(Step(move, outputs, fs, hash(keyer.key(snap, world))))
+    deadline, timer, queued = _deadline(iv, snap, shape)
+    notes: list[Finding] = []
+
+    def note(fs: list[Finding], *_: Any) -> None:
+        notes.extend(fs)
+
+    _check_stall(world, shape, deadline, iv.state, 0, note, lambda n: [])
+    _check_stuck(world, snap, deadline, 0, note, lambda n: [])
+    steps[-1].findings.extend(notes)
     return steps

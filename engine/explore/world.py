@@ -380,7 +380,7 @@ class World:
                         label = f"tool {tool}" + (f" ({n + 1})" if n else "")
                         yield self._one(label, "tool", (i, call, tool, args), _tool_call(r.rid, call, tool, args))
                         if fault and "lost-tool-call" in shape.kinds:
-                            yield Move(label + " lost", "tool", (i, call, tool, args), (), True)
+                            yield Move(label + " lost", "tool_lost", (i, call, tool, args), (), True)
         if r.tag is None:
             yield self._one("done completed", "finish", (i, "completed"), _done(r, "completed"))
             return
@@ -480,6 +480,13 @@ class World:
                           + self.responses[i + 1:])
         self.expecting = (call, tool, r.state or "")
 
+    def _tool_lost(self, arg: tuple[int, str, str, str]) -> None:
+        self._tool(arg)
+        i = arg[0]
+        r = self.responses[i]
+        self.responses = self.responses[:i] + (r._replace(sent=r.sent | {"tool lost"}),) + self.responses[i + 1:]
+        self.expecting = None  # the core hears of the call only from the response.done
+
     def _finish(self, arg: tuple[int, str]) -> None:
         i, status = arg
         r = self.responses[i]._replace(status=status)
@@ -487,7 +494,7 @@ class World:
         self.recent = r
         self.heard -= {r.rid}
         self.just += ("done",)
-        if r.call is not None and r.tag is not None:  # a call lost on the way comes with the done
+        if r.call is not None and r.tag is not None and "tool lost" in r.sent:  # it comes with the done
             self.expecting = (r.call[0], r.call[1], r.state or "")
 
     def _late(self, what: str) -> None:
