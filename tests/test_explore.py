@@ -13,8 +13,6 @@ Suite bounds (kept small so the suite stays fast; `benchmarks/explore.py` runs t
 
 from __future__ import annotations
 
-import json
-import random
 import sys
 from pathlib import Path
 
@@ -25,7 +23,6 @@ from engine import flow as flowmod
 from engine.cli import main as engine
 from engine.explore import Bounds, explore, rerun
 from engine.explore.report import write_trace
-from engine.explore.world import FAULTS
 from engine.trace import read
 
 PLANTED = Path(__file__).resolve().parent / "explore_flows"

@@ -110,7 +110,8 @@ class Keyer:
         kinds = self._shape.kinds
         late = None
         r = world.recent
-        if r is not None and "late" in kinds and r.tag is not None and "audio" in r.sent and "transcript.done" not in r.sent:
+        if (r is not None and "late" in kinds and r.tag is not None and "audio" in r.sent
+                and "transcript.done" not in r.sent):
             late = (ren(r.rid), ren(r.item), ren(r.tag))  # its transcript.done may still come, late
         # What the last move started, as far as an enabled fault can use it (the no-op late events
         # after a done are only recorded by the core, so they need no context).
@@ -188,7 +189,8 @@ class Keyer:
                     continue
                 turn = dict(turns[1][index[item]][1]) if item in index else None
                 mine.append((names.setdefault(item, len(names)), item in ended_set,
-                             turn is not None and turn["transcribed"][1], turn is not None and "transcript_failed" in turn))
+                             turn is not None and turn["transcribed"][1],
+                             turn is not None and "transcript_failed" in turn))
         marks = tuple(sorted((kind, live[x]) for kind, x in handled if x in live))
         return (min(answers, self._cap), resolves, awaiting, tuple(mine), marks,
                 None if call_id is None else live.get(call_id, -1))

@@ -27,7 +27,7 @@ from ..replay import edges
 from .key import Keyer
 from .world import CANDIDATE, FAULTS, Finding, Move, Shape, World
 
-__all__ = ["Bounds", "Result", "Violation", "Warning_", "explore", "rerun", "Step"]
+__all__ = ["Bounds", "Result", "Violation", "Warning_", "explore", "rerun", "reach", "Step"]
 
 _M = {f.name: i for i, f in enumerate(dataclasses.fields(Model))}
 _SEEN, _STARTED, _DEADLINES, _JOBS, _HOLDS = (_M[n] for n in ("seen", "started", "deadlines", "jobs", "holds"))
@@ -39,7 +39,7 @@ class Bounds:
     answers: int = 1  # candidate turns per path
     depth: int = 400  # moves per path
     budget: float = 60.0  # seconds of wall-clock time
-    faults: int = 1  # faults per path (lost or duplicated events, strays, collisions, ...)
+    faults: int = 0  # faults per path (lost or duplicated events, strays, collisions, ...)
     kinds: frozenset[str] = frozenset(FAULTS)  # the kinds of fault explored (world.FAULTS)
 
 
@@ -163,7 +163,8 @@ def explore(flow: Flow, bounds: Bounds = Bounds(), *, edges: bool = False) -> Re
     # key -> the nodes with that key and their budgets (faults, answers left); a new state whose
     # budgets are both at most those of a node with its key is that node.
     root_key = keyer.key(snap, world)
-    keys: dict[tuple[Any, ...], list[tuple[int, tuple[int, int, Any]]]] = {root_key: [(0, keyer.budgets(world, root_key))]}
+    keys: dict[tuple[Any, ...], list[tuple[int, tuple[int, int, Any]]]] = {
+        root_key: [(0, keyer.budgets(world, root_key))]}
     succ: list[list[int]] = [[]]
     tsucc: list[list[tuple[int, str]]] = [[]]  # time edges: (child, label)
     terminal: dict[int, str] = {}
@@ -222,7 +223,8 @@ def explore(flow: Flow, bounds: Bounds = Bounds(), *, edges: bool = False) -> Re
             result.transitions += 1
             result.visited[move.label] = result.visited.get(move.label, 0) + 1
             if w.over is not None:  # the session ended: nothing of its state matters any more
-                csnap, key = (), ("over", w.over)
+                csnap: tuple[Any, ...] = ()
+                key: tuple[Any, ...] = ("over", w.over)
             else:
                 csnap = child_iv.snapshot() if child_iv is not None else snap
                 if move.op in ("tool", "finish"):
@@ -462,6 +464,16 @@ def rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> list[S
     """Play a path again from a fresh core, choosing each move by its label (labels carry only
     relative times and the world's own names, so a path through merged states plays too). Each
     step has the findings of its move and, after the last, those of the state it reached."""
+    return _rerun(flow, bounds, answers, labels)[0]
+
+
+def reach(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> tuple[Interview, World]:
+    """The core and the world a path of moves (by label) ends in, from a fresh start."""
+    _, iv, world = _rerun(flow, bounds, answers, labels)
+    return iv, world
+
+
+def _rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> tuple[list[Step], Interview, World]:
     shape = Shape.of(flow, answers, bounds.faults, bounds.kinds)
     keyer = Keyer(flow, shape)
     iv = Interview(flow)
@@ -492,4 +504,4 @@ def rerun(flow: Flow, bounds: Bounds, answers: int, labels: list[str]) -> list[S
     _check_stall(world, shape, deadline, iv.state, 0, note, lambda n: [])
     _check_stuck(world, snap, deadline, 0, note, lambda n: [])
     steps[-1].findings.extend(notes)
-    return steps
+    return steps, iv, world

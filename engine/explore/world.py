@@ -176,7 +176,8 @@ class Shape(NamedTuple):
                         node = node.setdefault(part, {})
                     node.setdefault(path[-1], "a value")
         triggers = {name: frozenset(e for tr in s.transitions for e in tr.events) for name, s in flow.states.items()}
-        guards = {g.removeprefix("not ").strip() for s in flow.states.values() for tr in s.transitions for g in tr.guard}
+        guards = {g.removeprefix("not ").strip()
+                  for s in flow.states.values() for tr in s.transitions for g in tr.guard}
         listens = (any(t & CANDIDATE for t in triggers.values()) or any(g in flow.guards for g in guards)
                    or any(n.split(".")[0] in ("answers", "last_answer") for text in _flow_texts(flow)
                           for n in _template_names(text)))
@@ -252,10 +253,10 @@ class World:
     def heard_by(self) -> float | None:
         """When the player must report the head of its queue heard (None while it is not ended).
         The entries behind it start when they become the head."""
-        if self.playq and self.playq[0][3] is not None:
-            _, _, seconds, ended = self.playq[0]
-            return max(ended, self.head_since) + seconds
-        return None
+        if not self.playq:
+            return None
+        _, _, seconds, ended = self.playq[0]
+        return None if ended is None else max(ended, self.head_since) + seconds
 
     # The moves.
 
@@ -467,7 +468,8 @@ class World:
     def _body(self, arg: tuple[int, str, str]) -> None:
         i, event, phase = arg
         r = self.responses[i]
-        r = r._replace(phase=phase, sent=r.sent | {event}, since=self.now if r.tagged or event == "created" else r.since,
+        moved = r.tagged or event == "created"  # the silence bound counts from its last event now
+        r = r._replace(phase=phase, sent=r.sent | {event}, since=self.now if moved else r.since,
                        audio_at=self.now if event == "audio" else r.audio_at, tagged=r.tagged or event == "created")
         self.responses = self.responses[:i] + (r,) + self.responses[i + 1:]
 
