@@ -62,7 +62,7 @@ def replays_and_draws(result, violation, tmp_path, capsys) -> list[dict]:
 @pytest.mark.parametrize("name, prop, state, faults", [
     ("double_create.yaml", "double-create", "reply", 0),
     ("stall.yaml", "stall", "wait", 0),
-    ("livelock.yaml", "livelock", "listen_b", 0),
+    ("livelock.yaml", "livelock", "listen_a", 0),
     ("no_final.yaml", "no-final", "question", 0),
     ("template.yaml", "template", "wrap_up", 0),
     ("hangup.yaml", "hangup-unheard", "goodbye", 0),
@@ -93,7 +93,7 @@ def test_the_livelock_counterexample_goes_round_the_cycle_once(tmp_path, capsys)
     [livelock] = found(result, "livelock")
     lines = replays_and_draws(result, livelock, tmp_path, capsys)
     entered = [line["out"]["target"] for line in lines if line.get("out", {}).get("effect") == "Fired"]
-    assert entered[-3:] == ["listen_b", "listen_a", "listen_b"]
+    assert entered[-3:] == ["listen_a", "listen_b", "listen_a"]
     assert not found(result, "no-final")  # the candidate can still end it: not a dead end
 
 
@@ -287,9 +287,15 @@ def test_the_world_visits_every_kind_of_input_it_claims():
     kinds = set(result.visited)
     assert {"created", "created lost", "collision", "audio", "audio.done", "transcript.done", "done completed",
             "done rate-limited", "done lost", "tool trigger_assessment", "tool trigger_assessment lost",
-            "candidate speaks", "candidate stops", "committed", "transcript", "transcription failed",
+            "candidate speaks", "candidate stops, committed", "transcript", "transcription failed",
             "playback done", "playback stopped", "stray event", "late duplicate response.done",
             "server starts its own response", "job assessment done", "job assessment failed"} <= kinds, \
         sorted(kinds)
     assert any(k.endswith("(delivered twice)") for k in kinds)
     assert any(k.startswith("wait ") for k in kinds) and any(k.startswith("pass ") for k in kinds)
+    # assessment.yaml reacts to the commit alone, so the end of speech and the commit are one move;
+    # a flow that ends turns on speech.stopped sees them apart.
+    base = load_flow("assessment.yaml")
+    flow = base.model_copy(update={"session": base.session.model_copy(update={"turn_end": "speech_stopped"})})
+    apart = set(explore(flow, Bounds(answers=1, depth=9, budget=60, faults=0)).visited)
+    assert {"candidate stops", "committed"} <= apart and "candidate stops, committed" not in apart

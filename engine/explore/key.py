@@ -14,9 +14,9 @@ and the recent-ids' snapshots) and from the world:
    counts, log-once sets, rendered instructions. What remains of the facts is what a guard or a
    template can see: the answer count (capped at the flow's highest guard threshold), whether
    each template name resolves, which candidate turns still await a transcript.
-4. The world's budgets (faults and answers left, and what a fault may still be injected into) are
-   not in the key but beside it (`budgets`): a state with more left can do all the other can, so it
-   stands for it (search.py).
+4. The world's budgets (faults and answers left, whether time may still pass half way, and what a
+   fault may still be injected into) are not in the key but beside it (`budgets`): a state with
+   more left can do all the other can, so it stands for it (search.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from .world import Shape, World, _flow_texts, response_bound
 __all__ = ["Keyer"]
 
 _M = {f.name: i for i, f in enumerate(dataclasses.fields(Model))}
-_STATE, _ASKING, _SEEN, _ASKED, _HELD, _DEADLINES, _JOBS, _HOLDS, _TIMEOUTS = (
-    _M[n] for n in ("state", "asking", "seen", "asked", "held", "deadlines", "jobs", "holds", "timeouts"))
+_STATE, _ASKING, _SEEN, _ASKED, _HELD, _DEADLINES, _JOBS, _HOLDS = (
+    _M[n] for n in ("state", "asking", "seen", "asked", "held", "deadlines", "jobs", "holds"))
 
 
 class Keyer:
@@ -92,15 +92,16 @@ class Keyer:
         # The budgets (faults and answers left) are not in the key: a state with more of both left
         # covers the same state with less (search.py keeps the largest seen per key).
         return (tuple(responses), creates, playq, None if heard_by is None else round(heard_by - now, 6), stops,
-                muted, cand, tuple(sorted(w.jobs)), owed, w.passed, w.closed, heard, w.fallback)
+                muted, cand, tuple(sorted(w.jobs)), owed, w.closed, heard, w.fallback)
 
-    def budgets(self, world: World, key: tuple[Any, ...]) -> tuple[int, int, Any]:
-        """What the world may still do beside its key: faults left, answers given, and what the
-        faults may still be injected into (the last finished response, what the last move
-        started). A state covers another with its key if it has at least as many faults left, at
-        most as many answers given, and (when the other has a fault left) the same fault context."""
+    def budgets(self, world: World, key: tuple[Any, ...]) -> tuple[int, int, bool, Any]:
+        """What the world may still do beside its key: faults left, answers given, whether time
+        already passed half way in this interval, and what the faults may still be injected into
+        (the last finished response, what the last move started). A state covers another with its
+        key if it has at least as many faults left, at most as many answers given, may pass if the
+        other may, and (when the other has a fault left) the same fault context."""
         if world.faults <= 0 or key[0] == "over":
-            return world.faults, world.given, None
+            return world.faults, world.given, world.passed, None
         names: dict[str, int] = {}
         self._world_key(world, names)  # the same names as the key's
 
@@ -123,7 +124,7 @@ class Keyer:
                 just.append(f"open {ren(x[5:])}")
             elif x == "done" and "own-response" in kinds and not world.busy():
                 just.append("done")
-        return world.faults, world.given, (late, tuple(sorted(just)))
+        return world.faults, world.given, world.passed, (late, tuple(sorted(just)))
 
 
     # The core, by the snapshot's layout.
@@ -136,8 +137,9 @@ class Keyer:
         deadlines = tuple(sorted((round(d[1][0][1] - now, 6), d[1][1][1]) for d in model[_DEADLINES][1]))
         jobs = tuple(sorted((name, round(t[1] - now, 6)) for name, t in model[_JOBS][1]))
         holds = tuple(sorted((name, round(t[1] - now, 6)) for name, t in model[_HOLDS][1]))
-        return (model[_STATE][1], model[_ASKING][1], model[_SEEN], asked, held, deadlines, jobs, holds,
-                model[_TIMEOUTS][1] > 0)
+        # `timeouts` is left out: it only turns the final outcome `completed` into
+        # `completed_degraded`, which no property reads.
+        return (model[_STATE][1], model[_ASKING][1], model[_SEEN], asked, held, deadlines, jobs, holds)
 
     def _gate_key(self, gate: tuple[Any, ...], now: float, names: dict[str, int],
                   live: dict[str, int]) -> tuple[Any, ...]:
@@ -191,9 +193,23 @@ class Keyer:
                 mine.append((names.setdefault(item, len(names)), item in ended_set,
                              turn is not None and turn["transcribed"][1],
                              turn is not None and "transcript_failed" in turn))
-        marks = tuple(sorted((kind, live[x]) for kind, x in handled if x in live))
+        # "Recorded once" marks matter only for what can still arrive: the responses in progress
+        # (and the last finished one, while a late event of it may come).
+        open_ids = self._open_ids(world)
+        marks = tuple(sorted((kind, live[x]) for kind, x in handled if x in open_ids and x in live))
         return (min(answers, self._cap), resolves, awaiting, tuple(mine), marks,
                 None if call_id is None else live.get(call_id, -1))
+
+    def _open_ids(self, world: World) -> set[str]:
+        ids: set[str] = set()
+        rs = list(world.responses)
+        if world.recent is not None and world.faults > 0 and "late" in self._shape.kinds:
+            rs.append(world.recent)
+        for r in rs:
+            ids.update((r.rid, r.item))
+            if r.call is not None:
+                ids.add(r.call[0])
+        return ids
 
     def _resolve(self, results: dict[str, Any], args: dict[str, Any]) -> tuple[bool, ...]:
         context: dict[str, Any] = {"answers": 0, "last_answer": "", "tool": args, **results}

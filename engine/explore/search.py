@@ -163,7 +163,7 @@ def explore(flow: Flow, bounds: Bounds = Bounds(), *, edges: bool = False) -> Re
     # key -> the nodes with that key and their budgets (faults, answers left); a new state whose
     # budgets are both at most those of a node with its key is that node.
     root_key = keyer.key(snap, world)
-    keys: dict[tuple[Any, ...], list[tuple[int, tuple[int, int, Any]]]] = {
+    keys: dict[tuple[Any, ...], list[tuple[int, tuple[int, int, bool, Any]]]] = {
         root_key: [(0, keyer.budgets(world, root_key))]}
     succ: list[list[int]] = [[]]
     tsucc: list[list[tuple[int, str]]] = [[]]  # time edges: (child, label)
@@ -274,9 +274,9 @@ def explore(flow: Flow, bounds: Bounds = Bounds(), *, edges: bool = False) -> Re
     return result
 
 
-def _covers(a: tuple[int, int, Any], b: tuple[int, int, Any]) -> bool:
+def _covers(a: tuple[int, int, bool, Any], b: tuple[int, int, bool, Any]) -> bool:
     """A state with budgets `a` can do all that one with budgets `b` (and the same key) can."""
-    return a[0] >= b[0] and a[1] <= b[1] and (b[0] <= 0 or a[2] == b[2])
+    return a[0] >= b[0] and a[1] <= b[1] and (b[2] or not a[2]) and (b[0] <= 0 or a[3] == b[3])
 
 
 def _check_stall(world: World, shape: Shape, deadline: float | None, state: str, n: int, report: Any,

@@ -162,6 +162,7 @@ class Shape(NamedTuple):
     auto: bool  # turn_detection.create_response: the server answers each committed turn itself
     named: frozenset[str]  # every event some state of the flow names
     kinds: frozenset[str]  # the FAULTS explored
+    stop_matters: bool  # the flow names speech.stopped or ends turns on it
 
     @classmethod
     def of(cls, flow: Flow, answers: int, faults: int, kinds: frozenset[str] = frozenset(FAULTS)) -> Shape:
@@ -186,7 +187,9 @@ class Shape(NamedTuple):
                    float(getattr(flow, "max_duration", 3600.0)), statuses,
                    frozenset(name for name, st in flow.states.items() if st.final),
                    bool((flow.session.turn_detection or {}).get("create_response")),
-                   frozenset().union(*triggers.values()), kinds)
+                   frozenset().union(*triggers.values()), kinds,
+                   any("speech.stopped" in t for t in triggers.values())
+                   or getattr(flow.session, "turn_end", "committed") == "speech_stopped")
 
 
 @dataclass(slots=True)
@@ -399,6 +402,11 @@ class World:
             item = f"user_{self.given + 1}"
             yield self._one("candidate speaks", "speak", item,
                             _simple("input_audio_buffer.speech_started", "item_id", item))
+        elif self.cand == "speaking" and self.item is not None and not shape.stop_matters:
+            # Nothing reacts to the gap between the end of speech and its commit: one move.
+            yield Move("candidate stops, committed", "stop_and_commit", shape,
+                       ((self.now, _simple("input_audio_buffer.speech_stopped", "item_id", self.item)),
+                        (self.now, _simple("input_audio_buffer.committed", "item_id", self.item))))
         elif self.cand == "speaking" and self.item is not None:
             yield self._one("candidate stops", "stop_speaking", None,
                             _simple("input_audio_buffer.speech_stopped", "item_id", self.item))
@@ -511,6 +519,9 @@ class World:
 
     def _stop_speaking(self, _: None) -> None:
         self.cand = "stopped"
+
+    def _stop_and_commit(self, shape: Shape) -> None:
+        self._commit(shape)
 
     def _commit(self, shape: Shape) -> None:
         self.cand, self.pending_tx, self.item = "idle", self.item, None
