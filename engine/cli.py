@@ -106,6 +106,17 @@ def _parser() -> argparse.ArgumentParser:
                                          "path:line:col: message lines, 2 if a file cannot be read")
     check.add_argument("flows", nargs="+", type=Path, metavar="FILE",
                        help="a flow; *.persona.yaml or personas/*.yaml: a persona; *.test.yaml: a conversation test")
+    check.add_argument("--explore", action="store_true",
+                       help="also explore every order of events of each valid flow (bounded by the options below)")
+    check.add_argument("--answers", type=_count, default=1, metavar="N",
+                       help="--explore: candidate answers per path (default 1)")
+    check.add_argument("--depth", type=_count, default=400, metavar="N",
+                       help="--explore: inputs per path (default 400)")
+    check.add_argument("--budget", type=_seconds, default=60.0, metavar="S",
+                       help="--explore: seconds to spend per flow (default 60)")
+    check.add_argument("--faults", type=_count, default=0, metavar="N", help="--explore: faults per path (default 0)")
+    check.add_argument("--out", type=Path, default=Path("runs/explore"), metavar="DIR",
+                       help="--explore: where counterexample traces go (default runs/explore)")
     check.set_defaults(func=_check)
 
     sim = sub.add_parser("sim", help="serve the local Realtime simulator")
@@ -148,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Exit 0: no errors (warnings allowed); 1: a file has errors; 2: a file cannot be read."""
+    """Exit 0: no errors (warnings allowed); 1: a file has errors (or, explored, a violation); 2: a
+    file cannot be read."""
     from .source import Unreadable, clean
 
     _printable(sys.stdout, sys.stderr)
@@ -173,9 +185,29 @@ def _check(args: argparse.Namespace) -> int:
             print(problem)
         if any(not p.warning for p in problems):
             status = max(status, 1)
-        elif not problems:
+            continue
+        if not problems:
             print(f"{clean(str(path))}: ok")
+        if args.explore and kind == "flow":
+            from .explore import Bounds, explore_file
+
+            bounds = Bounds(answers=args.answers, depth=args.depth, budget=args.budget, faults=args.faults)
+            status = max(status, explore_file(path, bounds, args.out))
     return status
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a number of seconds above 0")
+    return value
 
 
 def _schema(args: argparse.Namespace) -> int:

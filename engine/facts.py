@@ -46,8 +46,21 @@ def render(template: str, context: dict[str, Any], where: str) -> str:
     return _TEMPLATE.sub(value, template)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """A hashable, comparable copy of JSON-like data that `thaw` turns back (order kept)."""
+    # Exact types first (every snapshot freezes the turns; the explorer takes one per branch).
+    kind = type(value)
+    if kind in _SCALARS:
+        return ("v", value)
+    if kind is dict:
+        return ("d", tuple([(k, freeze(v)) for k, v in value.items()]))
+    if kind is list:
+        return ("l", tuple([freeze(v) for v in value]))
+    if kind is tuple:
+        return ("t", tuple([freeze(v) for v in value]))
     if isinstance(value, dict):
         return ("d", tuple((k, freeze(v)) for k, v in value.items()))
     if isinstance(value, list):
@@ -61,6 +74,8 @@ def freeze(value: Any) -> Any:
 
 def thaw(value: Any) -> Any:
     kind, body = value
+    if kind == "v":
+        return body
     if kind == "d":
         return {k: thaw(v) for k, v in body}
     if kind == "l":

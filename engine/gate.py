@@ -150,6 +150,10 @@ class Gate:
     def finished(self, response_id: str) -> bool:
         return response_id in self._finished
 
+    def in_progress(self, response_id: str) -> bool:
+        """The server is (presumed to be) still generating it."""
+        return response_id in self._in_progress
+
     def known(self, response_id: str) -> bool:
         """In progress, over, or attributed: the server has shown us this response."""
         return response_id in self._in_progress or response_id in self._finished or response_id in self._answers

@@ -32,6 +32,7 @@ __all__ = ["Interview"]
 
 _NEVER = float("inf")
 _SNAPSHOT = "interview/1"
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(Model))  # the snapshot's layout, in order
 # A job hears the candidate's words: started while a finished turn is still being transcribed (the
 # flow replies on the commit, the transcript comes 0.3-1.5 s later), it waits this long for them.
 TRANSCRIPT_WAIT = 5.0
@@ -107,7 +108,8 @@ class Interview(Conversation):
         """The whole state of the session as a plain, hashable value (no wall-clock time in it).
 
         `Interview.restore(flow, snapshot)` continues exactly as this interview would."""
-        model = tuple(freeze(getattr(self._m, f.name)) for f in dataclasses.fields(Model))
+        m = self._m
+        model = tuple([freeze(getattr(m, name)) for name in _MODEL_FIELDS])
         return (_SNAPSHOT, model, self._gate.snapshot(), self._playback.snapshot(), self._facts.snapshot(),
                 self._recent.snapshot())
 
@@ -240,6 +242,7 @@ class Interview(Conversation):
         given_up, sends = self._gate.advance(m.now, m.ids + 1)
         for req in given_up:
             self._log("warning", f"no answer to the response asked for by '{req.state}' ({req.tag}): given up")
+        self._end_released_audio()
         self._send_all(sends)
         self._start_held_jobs()
         for name, deadline in list(m.jobs.items()):
@@ -337,6 +340,13 @@ class Interview(Conversation):
         self._send({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": call_id, "output": output}})
 
+    def _end_released_audio(self) -> None:
+        # A response the gate presumed over (silent too long: its done was lost) sends no more
+        # audio: end what it sent, or the player never reports it heard and it plays forever.
+        for rid in self._playback.unended():
+            if not self._gate.in_progress(rid):
+                self._end_audio(rid)
+
     def _start_job(self, name: str) -> None:
         m = self._m
         m.jobs[name] = m.now + self.flow.jobs[name].timeout  # the flow's timeout counts from the action
@@ -349,8 +359,10 @@ class Interview(Conversation):
             if self._facts.awaiting_transcripts and m.now < until:
                 continue
             del m.holds[name]
-            # The job hears what was said: interviewer turns and the candidate's transcribed turns.
-            turns = [t for t in self.turns if t["role"] == "interviewer" or t.get("transcribed")]
+            # The job hears what was said: interviewer turns and the candidate's transcribed turns,
+            # as copies: the facts go on changing (a late speech.stopped, a barge-in's heard_ms) and
+            # the job reads its inputs in another thread.
+            turns = [dict(t) for t in self.turns if t["role"] == "interviewer" or t.get("transcribed")]
             self._effects.append(StartJob(name, {"turns": turns, "options": dict(self.flow.jobs[name].options)}))
 
     def _cancel_job(self, name: str) -> None:

@@ -51,6 +51,10 @@ class Playback:
     def heard_ms(self, item: str | None) -> int | None:
         return self._heard_ms.get(item) if item else None
 
+    def unended(self) -> list[str]:
+        """Responses whose audio is playing but whose EndAudio was not handed out yet."""
+        return sorted(self._playing - self._ended)
+
     def may_hang_up(self, now: float) -> bool:
         return not self._playing or now >= self.hangup_at
 

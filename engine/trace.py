@@ -34,7 +34,7 @@ from .effects import Effect, Play
 from .events import ENGINE_EVENTS, HIGH_RATE, SERVER_EVENTS, Event, normalise
 
 __all__ = ["TraceWriter", "read", "flow_identity", "event_record", "event_from_record", "effect_record", "redact",
-           "FORMAT", "MAX_BYTES"]
+           "engine_version", "FORMAT", "MAX_BYTES"]
 
 FORMAT = "engine-trace/2"
 MAX_BYTES = 64 * 2**20
@@ -116,7 +116,7 @@ def _open(path: Path) -> IO[str]:
 
 
 @functools.cache
-def _engine_version() -> str:
+def engine_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -160,7 +160,7 @@ class TraceWriter:
             self._file = open_file(self._part)
         except OSError as exc:
             self._stop(f"trace not written: {self._part}: {exc.strerror or exc}")
-        self._write({"meta": {"format": FORMAT, "engine": _engine_version(), **meta}})
+        self._write({"meta": {"format": FORMAT, "engine": engine_version(), **meta}})
 
     # Public: the runner's calls, in session order.
 

@@ -350,6 +350,39 @@ def test_a_job_with_every_answer_transcribed_starts_at_once():
     assert job_inputs(effects) == [f"answer {n}" for n in range(1, 7)]
 
 
+def test_a_started_job_keeps_the_inputs_it_was_given_while_the_session_goes_on():
+    # Found by the fork property: StartJob handed out the facts' own turn dicts, which the core
+    # changed afterwards (here a speech.stopped that comes after its commit), under a job that
+    # reads them in another thread.
+    iv = Interview(load_flow("assessment.yaml"))
+    effects = six_committed_answers(iv, last_transcript="before")
+    [start] = [e for e in effects if isinstance(e, StartJob)]
+    sixth = dict(start.inputs["turns"][-1])
+    assert sixth["item_id"] == "u6" and sixth["end"] is None
+    feed(iv, [(56.1, speech_stopped("u6"))])
+    assert iv.turns[-1]["end"] == 56.1
+    assert start.inputs["turns"][-1] == sixth
+
+
+def test_the_audio_of_a_response_released_as_silent_is_ended_so_that_it_can_be_heard():
+    # Found by `engine check --explore` (a lost response.done after the audio): the gate released
+    # the response after SILENCE_RELEASE, but no EndAudio ever went out, so the player never
+    # reported it heard: `speaking` stayed true and the final state waited its whole margin.
+    iv = Interview(load_flow("assessment.yaml"))
+    iv.start(0.0)
+    assert feed(iv, [(0.5, created("resp_1", "r1")), (0.6, audio("resp_1", "it_1", 1000))]) == [
+        Play("resp_1", "it_1", "")]
+    assert feed(iv, [(0.6 + SILENCE_RELEASE - 0.01, None)]) == []
+    assert feed(iv, [(0.6 + SILENCE_RELEASE, None)]) == [EndAudio("resp_1")]
+    feed(iv, [(1.7 + SILENCE_RELEASE, playback_done("resp_1"))])
+    effects = feed(iv, [(30.0, None)])  # greeting's timeout: goodbye is said, then heard
+    assert fired(effects) == [("greeting", "goodbye", "after.0")]
+    [tag] = tags(effects)
+    effects = feed(iv, [(30.1, created("resp_2", tag)), (30.2, done("resp_2", tag)), (30.2, playback_done("resp_2"))])
+    assert [e for e in effects if isinstance(e, Log) and "not yet heard" in e.message] == []
+    assert [e.outcome for e in effects if isinstance(e, End)] == ["completed_degraded"]
+
+
 def test_a_job_waits_for_a_transcript_at_most_transcript_wait():
     iv = Interview(load_flow("assessment.yaml"))
     six_committed_answers(iv, last_transcript=None)
