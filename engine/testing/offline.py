@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from ..flow import Flow
 from ..jobs import JobFn, registry
 from ..realtime import CLOSE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, Endpoint, in_process
 from ..runner import Result, Session
-from ..sim import Connection, Faults, Persona, Simulator, SimStats
+from ..sim import Connection, Faults, Persona, SimStats, Simulator
 from ..ui import PlainView
 
 __all__ = ["run_offline", "OfflineRun", "JobFault", "faulty_job", "URL"]
@@ -62,7 +62,7 @@ def run_offline(
     session_id: str | None = None,
     endpoint: Endpoint | None = None,
     wrap: Callable[[Connection], Connection] | None = None,
-    control: Callable[[Session, asyncio.Task[Result]], Awaitable[None]] | None = None,
+    control: Callable[[Session, asyncio.Task[Result]], Coroutine[Any, Any, None]] | None = None,
     ping_interval: float | None = PING_INTERVAL,
     ping_timeout: float | None = PING_TIMEOUT,
     close_timeout: float = CLOSE_TIMEOUT,
