@@ -153,10 +153,15 @@ def check(expect: Expect, order: Iterable[str], seen: Observed) -> list[Unmet]:
 
 
 def _path(expect: Expect, seen: Observed) -> list[Unmet]:
-    want = expect.path
-    if want is None or _fits(want, seen.path):
+    want, got = expect.path, seen.path
+    if want is None or _fits(want, got):
         return []
-    return [Unmet("path", _arrows(want), _arrows(seen.path) if seen.path else "no states entered")]
+    if not got:
+        return [Unmet("path", _arrows(want), "no states entered")]
+    j, next_ = _divergence(want, got)
+    where = (f"off the expected path at state {j + 1}, {got[j]}" if j < len(got)
+             else f"no {next_} where the expected path needs it")
+    return [Unmet("path", _arrows(want), f"{_arrows(got)} ({where})")]
 
 
 def _visited(expect: Expect, seen: Observed) -> list[Unmet]:
@@ -295,6 +300,30 @@ def _fits(want: list[str], got: list[str]) -> bool:
         else:
             reach = [False] + [reach[j] and got[j] == name for j in range(len(got))]
     return reach[-1]
+
+
+def _divergence(want: list[str], got: list[str]) -> tuple[int, str | None]:
+    """How many states of `got` follow `want` before it leaves it, and (if all of them do) the
+    first state `want` still expects."""
+
+    def closed(positions: set[int]) -> set[int]:  # a wildcard also matches no state
+        out, todo = set(positions), list(positions)
+        while todo:
+            i = todo.pop()
+            if i < len(want) and want[i] == WILDCARD and i + 1 not in out:
+                out.add(i + 1)
+                todo.append(i + 1)
+        return out
+
+    live = closed({0})  # positions in `want` that got[:j] can have reached
+    for j, state in enumerate(got):
+        step = {i for i in live if i < len(want) and want[i] == WILDCARD}
+        step |= {i + 1 for i in live if i < len(want) and want[i] == state}
+        if not step:
+            return j, None
+        live = closed(step)
+    expected = sorted(i for i in live if i < len(want) and want[i] != WILDCARD)
+    return len(got), want[expected[0]] if expected else None
 
 
 def _matches(spec: Any, value: Any) -> bool:

@@ -15,6 +15,7 @@ Rules of this module:
 """
 
 # No `from __future__ import annotations`: pydantic evaluates the models' annotations directly.
+import contextlib
 import difflib
 import re
 from dataclasses import dataclass
@@ -349,26 +350,32 @@ def _slug(name: str) -> str:
 
 def _read(path: Path) -> tuple[list[ConversationTest], list[Problem]]:
     src = parse_yaml(read_text(path), str(path))
-    for where, position, message in src.yaml11:  # a test means in an editor what it means here
+    for _, position, message in src.yaml11:  # a test means in an editor what it means here
         src.add(position, message)
-        src.dropped.add(where)
-    if src.data is None:
+    if src.data is None or src.yaml11:
         return [], src.sorted_problems()
-    if not isinstance(src.data, dict):
+    data = src.data
+    if not isinstance(data, dict):
         src.at((), "a test file is a mapping with `flow` and `tests`")
         return [], src.sorted_problems()
     try:
-        suite = Suite.model_validate(src.data)
+        suite = Suite.model_validate(data)
+        flow_name: Any = suite.flow
+        cases = list(enumerate(suite.tests))
     except ValidationError as exc:
+        # Reported; the tests that are valid on their own are still checked against the flow.
         _report(exc, src)
-        return [], src.sorted_problems()
-    if not src.ok:  # a YAML 1.1 value the models took
-        return [], src.sorted_problems()
+        flow_name = data.get("flow")
+        cases = []
+        raw_tests = data.get("tests")
+        for i, raw in enumerate(raw_tests if isinstance(raw_tests, list) else []):
+            with contextlib.suppress(ValidationError):
+                cases.append((i, Case.model_validate(raw)))
     folder = path.parent
-    flow = _flow(suite.flow, folder, src)
+    flow = _flow(flow_name, folder, src) if isinstance(flow_name, str) and flow_name else None
     tests = []
     slugs: dict[str, str] = {}
-    for i, case in enumerate(suite.tests):
+    for i, case in cases:
         loc = ("tests", i)
         slug = _slug(case.name)
         if slug in slugs:
