@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "fails, 2 if a test file is bad")
     test.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                       help="test files, or folders to search for *.test.yaml (default: the current folder)")
+    test.add_argument("-k", dest="select", action="append", default=[], metavar="TEXT",
+                      help="run only the tests whose name contains TEXT (any case; repeat for more)")
     test.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
     test.add_argument("-j", "--jobs", type=_positive, metavar="N", help="worker processes (default: one per CPU)")
     test.add_argument("--out", type=Path, default=Path("runs/test"),

@@ -100,7 +100,8 @@ def mutate(folder: Path, old: str, new: str) -> None:
 
 
 def engine_test(folder: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
-    status = engine(["test", str(folder / "assessment.test.yaml"), "--out", str(folder / "runs"), *extra])
+    # -j 1: in this process, where the assessment is warmed up already (a worker would start cold).
+    status = engine(["test", str(folder / "assessment.test.yaml"), "--out", str(folder / "runs"), "-j", "1", *extra])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -128,7 +129,7 @@ TOOL_TRANSITION = """    transitions:
 def test_without_the_tool_transition_the_tool_path_tests_fail(copied: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mutate(copied, TOOL_TRANSITION, TOOL_TRANSITION.replace("      - event: tool.trigger_assessment\n"
                                                             "        target: ack\n", ""))
-    status, out, _ = engine_test(copied, capsys, "-j", "1")
+    status, out, _ = engine_test(copied, capsys, "-k", "clean", "-k", "assessment fails", "-k", "forgets")
     assert status == 1
     # The tool call now finds no transition: the flow waits, nudges and ends without the tool.
     assert failure(out, "clean interview") == (
@@ -138,8 +139,8 @@ def test_without_the_tool_transition_the_tool_path_tests_fail(copied: Path, caps
         "ack_without_tool -> summary -> goodbye -> done (off the expected path at state 10, listening)")
     assert failure(out, "the assessment fails").endswith(
         "-> ack_without_tool -> summary_fallback -> goodbye -> done (no ack where the expected path needs it)")
-    passed = {name for verdict, name in results(out) if verdict == "PASS"}
-    assert passed == {"a silent candidate is nudged, then left", "the model forgets the tool"}  # no tool there
+    assert results(out) == [("FAIL", "clean interview"), ("FAIL", "the assessment fails"),
+                            ("PASS", "the model forgets the tool")]  # it never needed the tool
     assert re.search(r"^     session: .*/runs/assessment/clean-interview/session$", out, re.M)
 
 
@@ -148,13 +149,14 @@ def test_a_swapped_target_is_caught(copied: Path, capsys: pytest.CaptureFixture[
                    "        target: asking\n",
            "        guard: enough_answers\n        target: asking\n      - event: input.committed\n"
            "        target: ack_without_tool\n")
-    status, out, _ = engine_test(copied, capsys, "-j", "1")
+    status, out, _ = engine_test(copied, capsys, "-k", "clean", "-k", "forgets", "-k", "silent")
     assert status == 1
     assert failure(out, "clean interview").endswith(
         "; got greeting -> listening -> ack_without_tool -> summary -> goodbye -> done (off the expected path at "
         "state 3, ack_without_tool)")
     assert failure(out, "the model forgets the tool") == "report.counts.answers: expected 6; got 1"
-    assert [name for verdict, name in results(out) if verdict == "PASS"] == ["a silent candidate is nudged, then left"]
+    assert results(out) == [("FAIL", "clean interview"), ("PASS", "a silent candidate is nudged, then left"),
+                            ("FAIL", "the model forgets the tool")]  # the silent candidate never answers at all
 
 
 def test_a_dropped_timeout_is_refused_or_caught(copied: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,13 +173,13 @@ def test_a_dropped_timeout_is_refused_or_caught(copied: Path, capsys: pytest.Cap
     # The author opts out of the rule; the silent candidate's test still sees the stall.
     mutate(copied, "    description: The candidate said nothing for a while; ask again, once.\n",
            "    description: The candidate said nothing for a while; ask again, once.\n    wait: forever\n")
-    status, out, _ = engine_test(copied, capsys, "-j", "1")
+    status, out, _ = engine_test(copied, capsys, "-k", "silent", "-k", "clean")
     assert status == 1
     assert failure(out, "a silent candidate is nudged, then left") == (
         "path: expected greeting -> listening -> nudge -> goodbye -> done; got greeting -> listening -> nudge (no "
         "goodbye where the expected path needs it)")
     assert "(and 4 more unmet: outcome, transcript.interviewer.says, report.counts.timeouts, budgets.session)" in out
-    assert [name for verdict, name in results(out) if verdict == "FAIL"] == ["a silent candidate is nudged, then left"]
+    assert results(out) == [("PASS", "clean interview"), ("FAIL", "a silent candidate is nudged, then left")]
 
 
 # Each expectation, passing and failing ----------------------------------------------------------------
@@ -517,6 +519,9 @@ def test_exit_codes_for_what_is_not_a_test(tmp_path: Path, capsys: pytest.Captur
     assert capsys.readouterr().err.startswith(f"{tmp_path / 'gone.test.yaml'}: no such file or folder\n")
     assert engine(["test", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"engine test: no conversation tests (*.test.yaml) under {tmp_path}\n"
+    assert engine(["test", str(FLOWS / "seed.test.yaml"), "-k", "no such", "-k", "test"]) == 2
+    assert capsys.readouterr().err == ("engine test: no conversation tests (*.test.yaml) named like 'no such' or "
+                                       f"'test' under {FLOWS / 'seed.test.yaml'}\n")
     write(tmp_path / "bin.test.yaml", "").write_bytes(b"\xff\xfe\x00")
     assert engine(["test", str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines()[0] == f"{tmp_path / 'bin.test.yaml'}: is UTF-16 text; save it as UTF-8"

@@ -111,7 +111,7 @@ _MATCH_SCHEMA = {
         {"type": "object", "properties": {"min": {"type": "number", "description": "At least this."},
                                           "max": {"type": "number", "description": "At most this."}},
          "additionalProperties": False, "minProperties": 1},
-        {"type": ["string", "number", "boolean", "null"]},
+        {"type": ["string", "number", "boolean", "null", "object"]},  # a mapping other than {min, max}: equal
     ],
 }
 Match = Annotated[Any, BeforeValidator(_match), WithJsonSchema(_MATCH_SCHEMA)]

@@ -101,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
             problems += [str(p) for p in exc.problems]
         except Unreadable as exc:
             problems.append(str(exc))
+    if args.select:
+        tests = [t for t in tests if any(k.lower() in t.name.lower() for k in args.select)]
     if problems:
         for line in problems:
             print(line, file=sys.stderr)
@@ -108,7 +110,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if not tests:
         where = ", ".join(clean(str(p)) for p in args.paths) if args.paths else "the current folder"
-        print(f"engine test: no conversation tests (*.test.yaml) under {where}", file=sys.stderr)
+        named = f" named like {' or '.join(map(repr, args.select))}" if args.select else ""
+        print(f"engine test: no conversation tests (*.test.yaml){named} under {where}", file=sys.stderr)
         return 2
     jobs = min(args.jobs or os.cpu_count() or 1, len(tests))
     results = []
