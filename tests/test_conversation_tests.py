@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -57,16 +56,18 @@ def results(out: str) -> list[tuple[str, str]]:
 # The shipped tests -----------------------------------------------------------------------------------
 
 
-def test_plain_engine_test_in_the_repository_passes(tmp_path: Path) -> None:
+def test_plain_engine_test_in_the_repository_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """`engine test` from the root: finds every shipped test file, runs them in worker processes,
     all pass; the JUnit file says the same."""
     junit = tmp_path / "junit.xml"
-    proc = subprocess.run([sys.executable, "-m", "engine", "test", "--out", str(tmp_path / "runs"), "--junit",
-                           str(junit), "-j", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    monkeypatch.chdir(ROOT)
+    status = engine(["test", "--out", str(tmp_path / "runs"), "--junit", str(junit), "-j", "2"])
+    out, err = capsys.readouterr()
+    assert status == 0, out + err
     names = [t.name for path in SHIPPED for t in fmt.load(path)]
-    assert results(proc.stdout) == [("PASS", name) for name in names]
-    assert re.search(rf"^{len(names)} passed, 0 failed in [\d.]+ s \(2 workers\)$", proc.stdout, re.M)
+    assert results(out) == [("PASS", name) for name in names]
+    assert re.search(rf"^{len(names)} passed, 0 failed in [\d.]+ s \(2 workers\)$", out, re.M)
     root = ET.parse(junit).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == (str(len(names)), "0", "0")
     assert [s.get("name") for s in root.iter("testsuite")] == [str(p.relative_to(ROOT)) for p in SHIPPED]
@@ -495,7 +496,8 @@ def test_a_failing_test_its_lines_junit_and_drawing(tmp_path: Path, capsys: pyte
         "     (and 1 more unmet: outcome)",
         f"     session: {folder}",
     ] + out.splitlines()[5:] and re.search(r"^1 passed, 1 failed in [\d.]+ s$", out, re.M)
-    assert "draw a failed session: python tools/render_flow.py FLOW --trace FOLDER/trace.jsonl" in out
+    draw = f"draw the first failure: python tools/render_flow.py {ASSESSMENT} --trace {folder / 'trace.jsonl'}"
+    assert out.splitlines()[-1] == draw
     cases = ET.parse(junit).getroot().findall("testsuite/testcase")
     assert [c.get("name") for c in cases] == ["passes", "fails"] and cases[0].find("failure") is None
     failed = cases[1].find("failure")
@@ -509,6 +511,31 @@ def test_a_failing_test_its_lines_junit_and_drawing(tmp_path: Path, capsys: pyte
     lines = list(read(folder / "trace.jsonl"))
     assert render_flow.overlay(lines).visited == {"greeting", "listening", "asking", "ack", "summary", "goodbye",
                                                   "done"}
+
+
+def test_a_session_that_cannot_finish_fails_its_test_and_the_others_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import engine.testing.offline as offline
+
+    real = offline.run_offline
+
+    def deadlocks(flow: Any, out: Path, **options: Any) -> Any:
+        if "broken" in str(out):
+            raise RuntimeError("every task is waiting and no timer is scheduled")
+        return real(flow, out, **options)
+
+    monkeypatch.setattr(offline, "run_offline", deadlocks)
+    path = write(tmp_path / "x.test.yaml", suite("{name: broken, expect: {}}", "{name: fine, expect: {}}",
+                                                 flow=FLOWS / "seed.yaml"))
+    junit = tmp_path / "junit.xml"
+    assert engine(["test", str(path), "--out", str(tmp_path / "runs"), "-j", "1", "--junit", str(junit)]) == 1
+    out = capsys.readouterr().out
+    assert results(out) == [("FAIL", "broken"), ("PASS", "fine")]
+    assert "     the session did not finish: RuntimeError: every task is waiting and no timer is scheduled" in out
+    root = ET.parse(junit).getroot()
+    assert (root.get("failures"), root.get("errors")) == ("0", "1")
+    error = root.find("testsuite/testcase/error")
+    assert error is not None and error.get("message", "").startswith("the session did not finish: RuntimeError")
 
 
 def test_exit_codes_for_what_is_not_a_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,7 +40,7 @@ class CaseResult:
 
     file: str
     name: str
-    flow: str  # the flow file's name
+    flow: str  # the flow file's path
     passed: bool
     unmet: list[str] = field(default_factory=list)  # every unmet expectation, in the order written
     folder: str = ""  # the session's outputs
@@ -69,7 +69,7 @@ def run_test(test: ConversationTest, out: Path) -> CaseResult:
     """Run one test as an offline session under `out` and check its expectations."""
     from .offline import run_offline  # the runner, the simulator: only where a test runs
 
-    result = CaseResult(str(test.file), test.name, Path(test.flow.path).name, passed=False)
+    result = CaseResult(str(test.file), test.name, test.flow.path, passed=False)
     out = _test_folder(test, out)
     shutil.rmtree(out, ignore_errors=True)  # the last run of this test only
     started = time.perf_counter()
@@ -123,7 +123,9 @@ def main(args: argparse.Namespace) -> int:
     summary = f"{len(results) - len(failed)} passed, {len(failed)} failed in {took:.1f} s"
     print(summary + (f" ({jobs} workers)" if jobs > 1 else ""))
     if failed:
-        print("draw a failed session: python tools/render_flow.py FLOW --trace FOLDER/trace.jsonl")
+        first = failed[0]
+        print(f"draw the first failure: python tools/render_flow.py {first.flow} --trace "
+              f"{Path(first.folder) / 'trace.jsonl'}")
     if args.junit is not None:
         write_junit(results, args.junit, took)
     return 1 if failed else 0
@@ -194,7 +196,7 @@ def _run_all(tests: list[ConversationTest], out: Path, jobs: int) -> Iterator[Ca
                 yield future.result()
             except Exception as exc:  # the worker died (killed, out of memory)
                 error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                yield CaseResult(str(test.file), test.name, Path(test.flow.path).name, False,
+                yield CaseResult(str(test.file), test.name, test.flow.path, False,
                                  [f"the test's worker failed: {error}"], error=error)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -211,7 +213,7 @@ def _loaded(file: str) -> list[ConversationTest]:
 
 
 def _print(r: CaseResult) -> None:
-    print(f"{'PASS' if r.passed else 'FAIL'} {r.name} ({r.flow}, {r.seconds:.1f} s)", flush=True)
+    print(f"{'PASS' if r.passed else 'FAIL'} {r.name} ({Path(r.flow).name}, {r.seconds:.1f} s)", flush=True)
     if r.passed:
         return
     print(f"     {r.unmet[0] if r.unmet else 'failed'}")
