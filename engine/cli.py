@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="run only the tests whose name contains TEXT (any case; repeat for more)")
     test.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
     test.add_argument("-j", "--jobs", type=_positive, metavar="N", help="worker processes (default: one per CPU)")
-    test.add_argument("--out", type=Path, default=Path("runs/test"),
+    test.add_argument("--out", type=Path, default=Path("runs/test"), metavar="DIR",
                       help="where the sessions are written (default: runs/test)")
     test.set_defaults(func=_test)
 
