@@ -1,4 +1,4 @@
-"""The `engine` console script: run, check, test, sim, replay, coverage, schema.
+"""The `engine` console script: run, check, test, sim, replay, coverage, schema, serve, invite.
 
 Each command imports what it needs when it runs, so `engine --help` starts at once.
 """
@@ -148,6 +148,16 @@ def _parser() -> argparse.ArgumentParser:
     kinds.add_argument("--test", dest="kind", action="store_const", const="test",
                        help="the conversation test format of `engine test`")
     schema.set_defaults(func=_schema, kind="flow")
+
+    from .serve.options import add_invite_arguments, add_serve_arguments
+
+    serve = sub.add_parser("serve", help="serve interviews to candidates' browsers (invite links; /sessions view)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    invite = sub.add_parser("invite", help="print one-time interview links for engine serve")
+    add_invite_arguments(invite)
+    invite.set_defaults(func=_invite)
     return parser
 
 
@@ -266,3 +276,15 @@ def _coverage(args: argparse.Namespace) -> int:
     from .replay import coverage_main
 
     return coverage_main(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve.main import serve_main
+
+    return serve_main(args)
+
+
+def _invite(args: argparse.Namespace) -> int:
+    from .serve.main import invite_main
+
+    return invite_main(args)
