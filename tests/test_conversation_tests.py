@@ -274,6 +274,12 @@ def test_outputs(clean: Observed, tmp_path: Path) -> None:
     assert unmet(Observed.of(copy), outputs=["report.md", "report.json", "sessions.sqlite"]) == [
         f"outputs: expected report.md; got no {copy / 'report.md'}",
         f"outputs: expected sessions.sqlite; got no {copy.parent / 'sessions.sqlite'}"]
+    # A session that left nothing readable says so before anything else.
+    nothing = tmp_path / "nothing"
+    assert unmet(Observed.of(nothing), outcome="completed") == [
+        f"outputs: expected a readable report.json; got none in {nothing}",
+        f"outputs: expected a readable trace.jsonl; got none in {nothing}",
+        "outcome: expected completed; got None (no report)"]
 
 
 def test_report_fields(clean: Observed) -> None:

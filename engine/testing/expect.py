@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import EngineError
 from ..trace import event_from_record, read
 from .format import ANY, WILDCARD, Budgets, Count, Expect, ExpectedCall, Lines, is_pattern, is_range, pattern
 
@@ -115,7 +116,10 @@ class Observed:
                 continue
             if "in" not in line:
                 continue
-            event = event_from_record(line["in"])
+            try:
+                event = event_from_record(line["in"])
+            except (EngineError, KeyError, TypeError):  # a malformed event the session skipped too
+                continue
             kind, rid = event.type, event.response_id
             if kind == "response.function_call_arguments.done":
                 key = event.call_id or event.event_id or f"call {len(calls)}"
@@ -142,8 +146,9 @@ class Observed:
 
 
 def check(expect: Expect, order: Iterable[str], seen: Observed) -> list[Unmet]:
-    """Every unmet expectation, in `order` (the expectations as written)."""
-    unmet: list[Unmet] = []
+    """Every unmet expectation, in `order` (the expectations as written); first, the outputs they
+    are checked on if one could not be read."""
+    unmet = [Unmet("outputs", f"a readable {name}", f"none in {seen.folder}") for name in seen.missing]
     for key in order:
         unmet += _CHECKS[key](expect, seen)
     return unmet

@@ -32,8 +32,8 @@ from ..sim import Faults, Persona, PersonaError, bundled_personas, load_persona,
 from ..source import Document, Unreadable, clean, parse_yaml, read_text
 
 __all__ = ["Suite", "Case", "Expect", "ExpectedCall", "Count", "Lines", "Transcript", "Budgets",
-           "ConversationTest", "TestFileError", "load", "check", "json_schema", "WILDCARD", "OUTPUTS",
-           "is_pattern", "pattern"]
+           "ConversationTest", "TestFileError", "load", "check", "json_schema", "WILDCARD", "ANY", "OUTPUTS",
+           "is_pattern", "is_range", "pattern"]
 
 WILDCARD = "..."  # in `path:`, any states (none or more)
 ANY = "any"  # a matched value that may be anything (but must be there)

@@ -204,7 +204,7 @@ def _run_all(tests: list[ConversationTest], out: Path, jobs: int) -> Iterator[Ca
 
 def _work(file: str, index: int, out: str) -> CaseResult:
     """In a worker process: load the test (each file once per worker) and run it."""
-    return run_test(_loaded(file)[index], Path(out))
+    return run_test(next(t for t in _loaded(file) if t.index == index), Path(out))
 
 
 @functools.cache
