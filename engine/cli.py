@@ -1,4 +1,4 @@
-"""The `engine` console script: run, check, sim, replay, coverage, schema, serve, invite.
+"""The `engine` console script: run, check, test, sim, replay, coverage, schema, serve, invite.
 
 Each command imports what it needs when it runs, so `engine --help` starts at once.
 """
@@ -25,6 +25,7 @@ __all__ = ["main", "SCHEMAS"]
 SCHEMAS: dict[str, str] = {
     "flow": "engine.flow:json_schema",
     "persona": "engine.sim.scenario:persona_schema",
+    "test": "engine.testing.format:json_schema",
 }
 
 # `engine check FILE`: which format a file is in, by its name (predictable, and what editors see):
@@ -32,6 +33,7 @@ SCHEMAS: dict[str, str] = {
 CHECKERS: dict[str, str] = {
     "flow": "engine.flow:check",
     "persona": "engine.sim.scenario:check_persona",
+    "test": "engine.testing.format:check",
 }
 
 
@@ -138,6 +140,18 @@ def _parser() -> argparse.ArgumentParser:
     coverage.add_argument("--flow", type=Path)
     coverage.set_defaults(func=_coverage)
 
+    test = sub.add_parser("test", help="run conversation tests (*.test.yaml) offline on virtual time; exit 1 if one "
+                                       "fails, 2 if a test file is bad")
+    test.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                      help="test files, or folders to search for *.test.yaml (default: the current folder)")
+    test.add_argument("-k", dest="select", action="append", default=[], metavar="TEXT",
+                      help="run only the tests whose name contains TEXT (any case; repeat for more)")
+    test.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML")
+    test.add_argument("-j", "--jobs", type=_positive, metavar="N", help="worker processes (default: one per CPU)")
+    test.add_argument("--out", type=Path, default=Path("runs/test"), metavar="DIR",
+                      help="where the sessions are written (default: runs/test)")
+    test.set_defaults(func=_test)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the flow format (or of another file format)")
     kinds = schema.add_mutually_exclusive_group()
     kinds.add_argument("--persona", dest="kind", action="store_const", const="persona",
@@ -156,6 +170,19 @@ def _parser() -> argparse.ArgumentParser:
     add_invite_arguments(invite)
     invite.set_defaults(func=_invite)
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _test(args: argparse.Namespace) -> int:
+    from .testing.runner import main as test_main
+
+    _printable(sys.stdout, sys.stderr)
+    return test_main(args)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Helpers of the driver tests: sessions against the simulator in this process (loopback
+"""Helpers of the driver tests: offline sessions against the simulator (in this process, loopback
 connections on the virtual-time loop), and one check that a session's outputs exist and agree."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import jsonschema
 from helpers import load_flow
 from websockets.exceptions import ConnectionClosed
 
-from engine import vloop
 from engine.effects import Fired
-from engine.realtime import Endpoint, in_process
+from engine.realtime import Endpoint
 from engine.runner import Session
 from engine.simulator import Simulator
+from engine.testing.offline import run_offline
 from engine.trace import read
 from engine.ui import PlainView
 
@@ -90,37 +90,31 @@ class Faulty:
 
 def serving(sim: Simulator, ending: tuple[str, int] | None = None):
     """`sim`'s connection handler, optionally ended by the network (see Faulty)."""
-    handle = getattr(sim, "handle", None) or sim._handle  # public once the sim stream lands
-
     async def serve(ws):
-        await handle(Faulty(ws, *ending) if ending else ws)
+        await sim.handle(Faulty(ws, *ending) if ending else ws)
 
     return serve
 
 
-def run(out: Path, *, flow=FLOW, faults: str = "", persona=None, seed: int = 1, speed: float = 1.0,
+def run(out: Path, *, flow=FLOW, faults: str = "", persona=None, seed: int = 1,
         ending: tuple[str, int] | None = None, watch: str | None = None, endpoint: Endpoint | None = None,
         keepalive: tuple[float, float, float] = (20.0, 20.0, 10.0), **options: Any):
-    """One session against the simulator, in this process, on the virtual-time loop.
-    `watch`: cancel the session when the flow enters that state (what Ctrl-C does to the task).
-    Returns (Result, the simulator's stats, the Session)."""
+    """One offline session against the simulator (`engine.testing.offline.run_offline`: in this
+    process, loopback connection, virtual time). `watch`: cancel the session when the flow enters
+    that state (what Ctrl-C does to the task). Returns (Result, the simulator's stats, the Session)."""
     view = options.pop("view", None) or Watch(watch)
     ping_interval, ping_timeout, close_timeout = keepalive
 
-    async def main():
-        sim = Simulator(persona=persona, seed=seed, faults=faults, speed=speed)
-        connect = in_process(serving(sim, ending), ping_interval=ping_interval, ping_timeout=ping_timeout,
-                             close_timeout=close_timeout)
-        session = Session(flow, endpoint or Endpoint(URL, api_key=SECRET, simulated=True), out=out, speed=speed,
-                          view=view, connect=connect, **options)
-        task = asyncio.create_task(session.run())
-        if watch is not None:
-            await view.seen.wait()
-            task.cancel()
-        result = await task
-        return result, sim.stats, session
+    async def cancel_on_watch(session: Session, task: asyncio.Task) -> None:
+        await view.seen.wait()
+        task.cancel()
 
-    return vloop.run(main())
+    ran = run_offline(flow, out, persona=persona, seed=seed, faults=faults,
+                      endpoint=endpoint or Endpoint(URL, api_key=SECRET, simulated=True),
+                      wrap=(lambda ws: Faulty(ws, *ending)) if ending else None,
+                      control=cancel_on_watch if watch is not None else None, ping_interval=ping_interval,
+                      ping_timeout=ping_timeout, close_timeout=close_timeout, view=view, **options)
+    return ran.result, ran.sim, ran.session
 
 
 def trace_of(result) -> list[dict]:

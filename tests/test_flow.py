@@ -62,7 +62,7 @@ def test_broken_flow_reports_position_and_message(name, capsys):
 
 
 def test_example_flows_are_valid(capsys):
-    flows = sorted(str(p) for p in FLOWS.glob("*.yaml"))
+    flows = sorted(str(p) for p in FLOWS.glob("*.yaml") if not p.name.endswith(".test.yaml"))  # tests: their own
     assert main(["check", *flows]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out and all(line.endswith(": ok") or ": warning: " in line for line in out), out

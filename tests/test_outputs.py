@@ -89,17 +89,30 @@ def test_a_full_disk_stops_the_trace_with_one_warning_and_the_interview_goes_on(
     assert not (result.folder / "trace.jsonl").exists() and not (result.folder / "trace.jsonl.part").exists()
 
 
+# An offline session (virtual time: the same path however loaded the machine is), in a process of its
+# own so that its folder can be a private tmpfs.
+OFFLINE_SESSION = """
+import sys
+from pathlib import Path
+from engine.flow import load
+from engine.testing.offline import run_offline
+ran = run_offline(load(sys.argv[1]), Path(sys.argv[2]), persona=sys.argv[3], session_id="session")
+print(ran.result.outcome, *(f"warning: {line}" for line in ran.result.failures), sep="\\n")
+sys.exit(0 if ran.result.ok else 1)
+"""
+
+
 def test_a_full_tmpfs_leaves_room_for_the_reports(tmp_path):
-    """For real: `engine run` on a 2.1 MB tmpfs (a private mount, as root). The trace stops when
-    the disk is nearly full; the reports are written."""
+    """For real: a session on a 2.1 MB tmpfs (a private mount, as root). The trace stops when the
+    disk is nearly full; the reports are written."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private tmpfs")
     out = tmp_path / "small"
     out.mkdir()
     copy = tmp_path / "copy"  # the reports are copied out before the mount goes away
     script = ('mount -t tmpfs -o size=2150k tmpfs "$0" && "$@"; status=$?; cp -r "$0" "$COPY"; exit $status')
-    command = [sys.executable, "-m", "engine", "run", str(FLOWS / "assessment.yaml"), "--no-ui", "--audio", "none",
-               "--speed", "60", "--out", str(out), "--persona", str(ROOT / "benchmarks" / "personas" / "short.yaml")]
+    command = [sys.executable, "-c", OFFLINE_SESSION, str(FLOWS / "assessment.yaml"), str(out),
+               str(ROOT / "benchmarks" / "personas" / "short.yaml")]
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(out), *command],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COPY": str(copy)})
     if "mount:" in proc.stderr or "unshare:" in proc.stderr:

@@ -3,15 +3,13 @@
 Traces are made the way the runner makes them (`record` below): a scripted session is driven
 through the core and written with `TraceWriter`, inputs and effects interleaved. Two sessions of
 flows/assessment.yaml take different paths (SESSION_A and SESSION_B); real simulator sessions are
-recorded once per module with `engine run` (a few seconds).
+recorded once per module as offline sessions (engine.testing.offline, virtual time).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from engine.cli import main as engine
 from engine.interview import Interview
 from engine.replay import coverage, edges, fired, replay
+from engine.testing.offline import run_offline
 from engine.trace import TraceWriter, read
 
 from helpers import (FLOWS, ROOT, answer, audio, audio_done, committed, created, done, job_done, job_failed, load_flow,
@@ -210,20 +209,17 @@ def test_coverage_command_prints_taken_never_taken_and_totals(trace_a, trace_b, 
     assert f"states 9/10, transitions {len(set(PATH_A + PATH_B)) - 1}/{total}" in out
 
 
-# Real sessions against the simulator ------------------------------------------------------------
+# Sessions against the simulator ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", params=["clean", "shuffle_done,duplicate"])
 def simulated(request, tmp_path_factory):
-    """A real `engine run` session against the embedded simulator (fast, no audio device)."""
+    """A session against the simulator, offline (in this process, on virtual time)."""
     out = tmp_path_factory.mktemp("runs")
-    faults = [] if request.param == "clean" else ["--faults", request.param]
-    proc = subprocess.run([sys.executable, "-m", "engine", "run", str(FLOWS / "assessment.yaml"), "--no-ui",
-                           "--audio", "none", "--speed", "50", "--out", str(out), *faults],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    traces = list(out.glob("*/trace.jsonl"))
-    assert traces, f"engine run wrote no trace:\n{proc.stdout}\n{proc.stderr}"
-    return traces[0]
+    faults = "" if request.param == "clean" else request.param
+    ran = run_offline(load_flow("assessment.yaml"), out, faults=faults, session_id="s")
+    assert ran.result.ok, ran.result.reason
+    return ran.folder / "trace.jsonl"
 
 
 def test_replay_of_a_simulator_session_is_identical(simulated, capsys):

@@ -1,7 +1,8 @@
 """Flows unlike the example run offline end to end through the real engine and take their tool paths.
 
-Each of tests/flows/*.yaml (with its scenario, *.persona.yaml) runs as `engine run FLOW --persona P
---speed 50 --audio none --no-ui` in a subprocess against the embedded simulator. The simulated model
+Each of tests/flows/*.yaml (with its scenario, *.persona.yaml) runs as an offline session against the
+simulator (engine.testing.offline: the real Session, in this process, on virtual time; the
+conversation tests beside them, tests/flows/*.test.yaml, run the same way). The simulated model
 knows nothing about these flows: it follows their instructions, tools and tool_choice by the rules of
 docs/personas.md. The transcripts must hold every quoted line verbatim and no instruction text.
 """
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import jsonschema
 import pytest
 
 from engine import flow as flowmod
+from engine.testing.offline import OfflineRun, run_offline
 from engine.trace import read
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,23 +34,11 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
-    """Every case's `engine run`, in parallel; name -> (process, its session folder)."""
-    started = {}
-    for name in CASES:
-        out = tmp_path_factory.mktemp(name)
-        command = [sys.executable, "-m", "engine", "run", str(FLOWS / f"{name}.yaml"), "--persona",
-                   str(FLOWS / f"{name}.persona.yaml"), "--speed", "50", "--audio", "none", "--no-ui",
-                   "--out", str(out)]  # fmt: skip
-        started[name] = (subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True), out)  # fmt: skip
-    done = {}
-    for name, (proc, out) in started.items():
-        stdout, stderr = proc.communicate(timeout=240)
-        folders = [p for p in out.iterdir() if p.is_dir()]
-        assert len(folders) == 1, f"{name}: no session folder\n{stdout}\n{stderr}"
-        done[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), folders[0])
-    return done
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, OfflineRun]:
+    """Every case as an offline session (in this process, on virtual time); name -> the run."""
+    return {name: run_offline(flowmod.load(FLOWS / f"{name}.yaml"), tmp_path_factory.mktemp(name),
+                              persona=FLOWS / f"{name}.persona.yaml", session_id=name)
+            for name in CASES}
 
 
 def instructions_of(flow: flowmod.Flow) -> list[str]:
@@ -65,10 +53,10 @@ def instructions_of(flow: flowmod.Flow) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_the_flow_completes_on_its_tool_path(name: str, runs: dict[str, Any]) -> None:
-    proc, folder = runs[name]
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    assert "completed: reached final state 'done'" in proc.stdout
+def test_the_flow_completes_on_its_tool_path(name: str, runs: dict[str, OfflineRun]) -> None:
+    result, folder = runs[name].result, runs[name].folder
+    assert result.ok and result.outcome == "completed", result.reason
+    assert result.reason == "reached final state 'done'"
     report = json.loads((folder / "report.json").read_text())
     assert report["ok"] is True and report["final_state"] == "done"
     tool, calls, _ = CASES[name]
@@ -86,8 +74,8 @@ def test_the_flow_completes_on_its_tool_path(name: str, runs: dict[str, Any]) ->
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_quoted_lines_verbatim_and_no_instruction_text(name: str, runs: dict[str, Any]) -> None:
-    _, folder = runs[name]
+def test_quoted_lines_verbatim_and_no_instruction_text(name: str, runs: dict[str, OfflineRun]) -> None:
+    folder = runs[name].folder
     transcript = (folder / "transcript.md").read_text()
     spoken = re.findall(r"\*\*Interviewer\*\*: (.*)", transcript)
     flow = flowmod.load(FLOWS / f"{name}.yaml")
@@ -104,9 +92,9 @@ def test_quoted_lines_verbatim_and_no_instruction_text(name: str, runs: dict[str
     assert flow.session.instructions is not None and flow.session.instructions not in transcript
 
 
-def test_the_arguments_follow_the_schema_rules(runs: dict[str, Any]) -> None:
+def test_the_arguments_follow_the_schema_rules(runs: dict[str, OfflineRun]) -> None:
     def calls(name: str) -> list[dict[str, Any]]:
-        lines = read(runs[name][1] / "trace.jsonl")
+        lines = read(runs[name].folder / "trace.jsonl")
         return [json.loads(line["in"]["server"]["arguments"]) for line in lines
                 if line.get("in", {}).get("server", {}).get("type") == "response.function_call_arguments.done"]
 
