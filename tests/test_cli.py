@@ -46,7 +46,7 @@ def test_every_command_and_every_option_has_help() -> None:
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
                 continue
-            if not action.help or action.help == argparse.SUPPRESS:
+            if not action.help:  # (argparse.SUPPRESS: hidden on purpose, e.g. an option only tests use)
                 missing.append(f"engine {name} {'/'.join(action.option_strings) or action.dest}".replace("  ", " "))
     assert not missing, f"no help text: {missing}"
     assert {"run", "check", "sim", "replay", "coverage", "schema", "chat", "init", "completion"} <= set(helps)
