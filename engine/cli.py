@@ -320,7 +320,11 @@ def _chat(args: argparse.Namespace) -> int:
     flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
-    typist = Chat(sys.stdin.fileno(), sys.stdout, interactive=interactive(sys.stdin))
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # no standard input at all (closed): nothing will be typed
+        fd = -1
+    typist = Chat(fd, sys.stdout, interactive=interactive(sys.stdin))
     status: int = asyncio.run(run_session(flow, args, typist))
     return status
 

@@ -176,7 +176,8 @@ class Session:
             self._task.cancel()
 
     def deliver(self, event: Event) -> None:
-        """Report an engine event (playback.*) to the session; call it on the event loop's thread."""
+        """Hand the session an event as if it had arrived (a player's playback.*, engine chat's speech
+        events for a typed turn); call it on the event loop's thread."""
         self.inbox.put_nowait(event)
 
     def now(self) -> float:

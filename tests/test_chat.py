@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -187,3 +188,15 @@ def test_a_flow_that_cannot_be_used_is_one_line_and_exit_2(tmp_path: Path) -> No
                           input="", capture_output=True, text=True, timeout=WAIT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() and all(line.startswith(str(bad)) for line in proc.stderr.strip().splitlines())
+
+
+def test_ctrl_c_ends_a_chat_like_any_session(starter: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    chat = Chat(starter / "interview.yaml", out)
+    chat.expect("interviewer:")
+    chat.proc.send_signal(signal.SIGINT)
+    code, err = chat.finish()
+    assert code == 130, "\n".join(chat.lines) + err
+    assert any(line.startswith("stopped: interrupted by SIGINT in state") for line in chat.lines)
+    report, _ = _session(out)
+    assert report["outcome"] == "interrupted" and "Traceback" not in err
