@@ -110,10 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an interview (against the local simulator unless OPENAI_API_KEY is set)",
                          description="Run an interview. Without --realtime-url or OPENAI_API_KEY the embedded "
                                      "simulator plays the model and a scripted candidate.")
-    run.add_argument("flow", type=Path, help="the flow file (YAML)")
-    run.add_argument("--realtime-url", help=URL_HELP)
-    run.add_argument("--model", default="gpt-realtime", help="the Realtime model (default gpt-realtime)")
-    run.add_argument("--persona", type=Path, help=PERSONA_HELP)
+    run.add_argument("flow", type=Path, metavar="FLOW", help="the flow file (YAML)")
+    run.add_argument("--realtime-url", metavar="URL", help=URL_HELP)
+    run.add_argument("--model", default="gpt-realtime", metavar="NAME", help="the Realtime model (default gpt-realtime)")
+    run.add_argument("--persona", type=Path, metavar="NAME|FILE", help=PERSONA_HELP)
     run.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
                      help="where sessions are saved: DIR/<session>/ and DIR/sessions.sqlite (default runs)")
     run.add_argument("--audio", choices=["auto", "device", "wav", "none"], default="auto",
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="serve the local Realtime simulator")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free one; default 8765)")
-    sim.add_argument("--persona", type=Path, help=PERSONA_HELP)
+    sim.add_argument("--persona", type=Path, metavar="NAME|FILE", help=PERSONA_HELP)
     sim.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     sim.add_argument("--faults", default="", metavar="SPEC",
                      help="faults to inject, comma-separated, e.g. shuffle_done,duplicate,close_after=40")
@@ -149,13 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_sim)
 
     replay = sub.add_parser("replay", help="re-run a recorded trace through the core; exit 1 on divergence")
-    replay.add_argument("trace", type=Path, help="a session's trace.jsonl")
-    replay.add_argument("--flow", type=Path, help="the flow to replay against (default: the one recorded)")
+    replay.add_argument("trace", type=Path, metavar="TRACE", help="a session's trace.jsonl")
+    replay.add_argument("--flow", type=Path, metavar="FLOW", help="the flow to replay against (default: the one recorded)")
     replay.set_defaults(func=_replay)
 
     coverage = sub.add_parser("coverage", help="states and transitions that recorded sessions exercised")
     coverage.add_argument("traces", nargs="+", type=Path, metavar="TRACE", help="sessions' trace.jsonl files")
-    coverage.add_argument("--flow", type=Path, help="the flow to measure (default: the one the traces recorded)")
+    coverage.add_argument("--flow", type=Path, metavar="FLOW", help="the flow to measure (default: the one the traces recorded)")
     coverage.set_defaults(func=_coverage)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the flow format (or of another file format)")
@@ -171,12 +171,12 @@ def _parser() -> argparse.ArgumentParser:
                                       "one answer. /silence S says nothing for S seconds, /barge starts speaking "
                                       "over the interviewer (your next line is what you say), /quit leaves. The "
                                       "session is saved like any other.")
-    chat.add_argument("flow", type=Path, help="the flow file (YAML)")
-    chat.add_argument("--persona", type=Path,
+    chat.add_argument("flow", type=Path, metavar="FLOW", help="the flow file (YAML)")
+    chat.add_argument("--persona", type=Path, metavar="NAME|FILE",
                       help="the scenario the simulated model follows (its questions, tool calls): a bundled "
                            "persona by name or a file; its candidate part is not played")
-    chat.add_argument("--realtime-url", help=URL_HELP)
-    chat.add_argument("--model", default="gpt-realtime", help="the Realtime model (default gpt-realtime)")
+    chat.add_argument("--realtime-url", metavar="URL", help=URL_HELP)
+    chat.add_argument("--model", default="gpt-realtime", metavar="NAME", help="the Realtime model (default gpt-realtime)")
     chat.add_argument("--speed", type=float, default=1.0, metavar="X", help=SPEED_HELP)
     chat.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
                       help="where the session is saved (default runs)")
