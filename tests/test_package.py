@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from engine import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_WAIT = 600.0  # the first build may fetch setuptools into pip's cache
 RUN_WAIT = 180.0
@@ -102,6 +104,10 @@ def test_the_installed_wheel_inits_checks_and_runs_in_an_empty_folder(wheel: Pat
     assert init.returncode == 0, init.stderr
     check = engine("check", "interview.yaml", "candidate.persona.yaml")
     assert check.returncode == 0 and check.stdout.splitlines() == ["interview.yaml: ok", "candidate.persona.yaml: ok"]
+    if "test" in cli.CHECKERS:  # `engine test` and checks of test files (once the engine has them)
+        assert engine("check", "interview.test.yaml").returncode == 0
+        tested = engine("test", "interview.test.yaml")
+        assert tested.returncode == 0, tested.stdout + tested.stderr
     run = engine("run", "interview.yaml", "--speed", "20", "--audio", "none", "--no-ui")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "completed: reached final state 'done'" in run.stdout
