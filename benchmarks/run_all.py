@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import core, dead_air, plot, sessions
+from . import core, dead_air, plot, serve, sessions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     svg_path = out.with_name(f"dead_air{suffix}.svg")
     if args.render:
         results = json.loads(out.with_name(f"results{suffix}.json").read_text())
-        out.write_text(render(results, svg_path.name, args.quick))
+        out.write_text(serve.keep_section(out, render(results, svg_path.name, args.quick)))
         print(f"rewrote {out} from results{suffix}.json", file=sys.stderr)
         return 0
     results: dict[str, Any] = {"machine": machine(), "load_start": os.getloadavg(), "took": {}}
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = os.getloadavg()
     results["took"]["all"] = time.perf_counter() - t_all
 
-    out.write_text(render(results, svg_path.name, args.quick))
+    out.write_text(serve.keep_section(out, render(results, svg_path.name, args.quick)))  # its own section stays
     out.with_name(f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {out}, {svg_path.name} and results{suffix}.json in {results['took']['all']:.0f} s", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""The `engine` console script: run, check, sim, replay, coverage, schema, chat, init, completion.
+"""The `engine` console script: run, check, sim, replay, coverage, schema, chat, init, serve, invite,
+completion.
 
 Each command imports what it needs when it runs, so `engine --help` starts at once.
 """
@@ -96,6 +97,7 @@ class _Version(argparse.Action):
 
 PERSONA_HELP = "the simulated candidate: a bundled persona by name (default, a2_hesitant, c1_fluent) or a file"
 SPEED_HELP = "run session time X times faster (the simulator, virtual audio, the flow's timeouts; default 1)"
+MODEL_HELP = "the Realtime model (default gpt-realtime)"
 URL_HELP = "ws://host:port/v1/realtime of a Realtime-compatible server (default: OPENAI_API_KEY's service, else " \
            "the local simulator)"
 
@@ -112,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "simulator plays the model and a scripted candidate.")
     run.add_argument("flow", type=Path, metavar="FLOW", help="the flow file (YAML)")
     run.add_argument("--realtime-url", metavar="URL", help=URL_HELP)
-    run.add_argument("--model", default="gpt-realtime", metavar="NAME", help="the Realtime model (default gpt-realtime)")
+    run.add_argument("--model", default="gpt-realtime", metavar="NAME", help=MODEL_HELP)
     run.add_argument("--persona", type=Path, metavar="NAME|FILE", help=PERSONA_HELP)
     run.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
                      help="where sessions are saved: DIR/<session>/ and DIR/sessions.sqlite (default runs)")
@@ -150,12 +152,14 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="re-run a recorded trace through the core; exit 1 on divergence")
     replay.add_argument("trace", type=Path, metavar="TRACE", help="a session's trace.jsonl")
-    replay.add_argument("--flow", type=Path, metavar="FLOW", help="the flow to replay against (default: the one recorded)")
+    replay.add_argument("--flow", type=Path, metavar="FLOW",
+                        help="the flow to replay against (default: the one recorded)")
     replay.set_defaults(func=_replay)
 
     coverage = sub.add_parser("coverage", help="states and transitions that recorded sessions exercised")
     coverage.add_argument("traces", nargs="+", type=Path, metavar="TRACE", help="sessions' trace.jsonl files")
-    coverage.add_argument("--flow", type=Path, metavar="FLOW", help="the flow to measure (default: the one the traces recorded)")
+    coverage.add_argument("--flow", type=Path, metavar="FLOW",
+                          help="the flow to measure (default: the one the traces recorded)")
     coverage.set_defaults(func=_coverage)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the flow format (or of another file format)")
@@ -176,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="the scenario the simulated model follows (its questions, tool calls): a bundled "
                            "persona by name or a file; its candidate part is not played")
     chat.add_argument("--realtime-url", metavar="URL", help=URL_HELP)
-    chat.add_argument("--model", default="gpt-realtime", metavar="NAME", help="the Realtime model (default gpt-realtime)")
+    chat.add_argument("--model", default="gpt-realtime", metavar="NAME", help=MODEL_HELP)
     chat.add_argument("--speed", type=float, default=1.0, metavar="X", help=SPEED_HELP)
     chat.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
                       help="where the session is saved (default runs)")
@@ -195,6 +199,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="write the example interview (assessment.yaml, interviewer.md) instead")
     init.add_argument("--force", action="store_true", help="overwrite files that exist")
     init.set_defaults(func=_init)
+
+    from .serve.options import add_invite_arguments, add_serve_arguments
+
+    serve = sub.add_parser("serve", help="serve interviews to candidates' browsers (invite links; /sessions view)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    invite = sub.add_parser("invite", help="print one-time interview links for engine serve")
+    add_invite_arguments(invite)
+    invite.set_defaults(func=_invite)
 
     completion = sub.add_parser("completion", help="print a shell completion script",
                                 description="Print a completion script generated from this command line, e.g. "
@@ -307,6 +321,18 @@ def _coverage(args: argparse.Namespace) -> int:
     from .replay import coverage_main
 
     return coverage_main(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve.main import serve_main
+
+    return serve_main(args)
+
+
+def _invite(args: argparse.Namespace) -> int:
+    from .serve.main import invite_main
+
+    return invite_main(args)
 
 
 def _chat(args: argparse.Namespace) -> int:
