@@ -582,7 +582,10 @@ async def run_session(flow: Flow, args: argparse.Namespace, participant: Partici
                 try:
                     sim = await stack.enter_async_context(simulator(
                         persona=args.persona, seed=args.seed, faults=args.faults, speed=args.speed,
-                        voices=participant is None, scripted_candidate=participant is None))
+                        # Synthesised voices only where someone can hear them (espeak-ng costs real time,
+                        # which a session at --speed 50 sees as seconds of model latency).
+                        voices=participant is None and args.audio != "none",
+                        scripted_candidate=participant is None))
                 except ValueError as exc:
                     print(f"engine run: {exc}", file=sys.stderr)
                     return 2
