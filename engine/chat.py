@@ -49,7 +49,12 @@ class ChatView(PlainView):
 
     The candidate's own lines are not echoed back: they are on the screen already."""
 
+    def __init__(self, stream: TextIO | None = None, secrets: tuple[str, ...] = ()):
+        super().__init__(stream, secrets)
+        self.connected = asyncio.Event()  # the server has said something: typed turns can go out
+
     def event(self, t: float, event: Event) -> None:
+        self.connected.set()
         if event.type == "response.output_audio_transcript.done":
             self._line(f"interviewer: {event.data.get('transcript', '')}")
         elif event.type.startswith("job.") and event.type.endswith((".done", ".failed")):
@@ -208,10 +213,12 @@ class Chat:
         """Send one turn, the way a server with turn detection reports speech. False: the
         connection is gone."""
         item, self._barging = self._barging, None
+        if self._view is not None:
+            await self._view.connected.wait()  # (if it never connects, the session ends and cancels this)
         if item is None and self._speaker is not None:
             await self._speaker.quiet.wait()  # the candidate answers once the interviewer has been heard
         if session.transport is None:
-            return True  # not connected yet (or never will be): the session says why
+            return True  # cannot happen once the server has spoken; nothing to send it over
         vad = session.flow.session.turn_detection is not None
         if item is None:
             item = self._next_item()
