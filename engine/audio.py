@@ -675,32 +675,27 @@ def _fast(ratio: float) -> str:
 
 
 class _Resampler:
-    """int16 mono at `rate` -> 24 kHz, carrying state across blocks. Integer ratios average groups
-    of samples (a cheap low-pass, ~11 us per block at 48 kHz); others interpolate linearly."""
+    """int16 mono at `rate` -> 24 kHz, carrying the filter's state across blocks.
+
+    soxr's high-quality low-pass (its "HQ" recipe) keeps what lies above 12 kHz out of the band: a
+    15 kHz tone captured at 44.1 kHz comes out at -119 dB (linear interpolation let it through as a
+    9 kHz tone at -3 dB), and speech below 10 kHz is untouched (< 0.01 dB). The filter holds back
+    10-35 ms of audio (the latency of a live stream, not lost); ~40 us per 20 ms block."""
 
     def __init__(self, rate: int):
-        import numpy as np
+        self.rate = rate
+        self._stream: Any = None
+        if rate != RATE:
+            import soxr
 
-        self._np, self.rate = np, rate
-        self._rest = np.zeros(0)  # samples carried to the next block
-        self._pos = 0.0  # position of the next output sample, in input samples from _rest[0]
+            self._stream = soxr.ResampleStream(rate, RATE, 1, dtype="int16", quality="HQ")
 
     def __call__(self, pcm: bytes) -> bytes:
-        np = self._np
-        if self.rate == RATE:
+        if self._stream is None:
             return pcm
-        x = np.concatenate([self._rest, np.frombuffer(pcm, "<i2")])
-        if self.rate % RATE == 0:
-            k = self.rate // RATE
-            n = len(x) // k * k
-            y, self._rest = x[:n].reshape(-1, k).mean(axis=1), x[n:]
-        else:
-            step = self.rate / RATE
-            t = np.arange(self._pos, len(x) - 1, step)
-            y = np.interp(t, np.arange(len(x)), x)
-            self._pos = (t[-1] + step if len(t) else self._pos) - (len(x) - 1)
-            self._rest = x[-1:]
-        out: bytes = np.round(y).astype("<i2").tobytes()
+        import numpy as np
+
+        out: bytes = self._stream.resample_chunk(np.frombuffer(pcm, "<i2")).tobytes()
         return out
 
 

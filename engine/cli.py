@@ -1,4 +1,5 @@
-"""The `engine` console script: run, check, test, sim, replay, coverage, schema, serve, invite.
+"""The `engine` console script: run, chat, check, test, init, sim, replay, coverage, schema, serve,
+invite, completion.
 
 Each command imports what it needs when it runs, so `engine --help` starts at once.
 """
@@ -81,20 +82,51 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed engine's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the engine's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from .trace import engine_version
+
+        print(f"engine {engine_version()}")
+        parser.exit()
+
+
+PERSONA_HELP = "the simulated candidate: a bundled persona by name (default, a2_hesitant, c1_fluent) or a file"
+SPEED_HELP = "run session time X times faster (the simulator, virtual audio, the flow's timeouts; default 1)"
+MODEL_HELP = "the Realtime model (default gpt-realtime)"
+URL_HELP = "ws://host:port/v1/realtime of a Realtime-compatible server (default: OPENAI_API_KEY's service, else " \
+           "the local simulator)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="engine", description="Voice interviews written as YAML state machines.")
+    parser = argparse.ArgumentParser(prog="engine", description="Voice interviews written as YAML state machines.",
+                                     epilog="exit codes: 0 completed, 1 not completed (or errors found), 2 unusable "
+                                            "input, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run an interview (against the local simulator unless OPENAI_API_KEY is set)")
-    run.add_argument("flow", type=Path)
-    run.add_argument("--realtime-url", help="ws://host:port/v1/realtime of a Realtime-compatible server")
-    run.add_argument("--model", default="gpt-realtime")
-    run.add_argument("--persona", type=Path, help="candidate persona for the simulator (flows/personas/*.yaml)")
-    run.add_argument("--out", type=Path, default=Path("runs"))
-    run.add_argument("--audio", choices=["auto", "device", "wav", "none"], default="auto")
-    run.add_argument("--speed", type=float, default=1.0, help="run simulated time X times faster")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--faults", default="", help="simulator faults, e.g. shuffle_done,duplicate")
+    run = sub.add_parser("run", help="run an interview (against the local simulator unless OPENAI_API_KEY is set)",
+                         description="Run an interview. Without --realtime-url or OPENAI_API_KEY the embedded "
+                                     "simulator plays the model and a scripted candidate.")
+    run.add_argument("flow", type=Path, metavar="FLOW", help="the flow file (YAML)")
+    run.add_argument("--realtime-url", metavar="URL", help=URL_HELP)
+    run.add_argument("--model", default="gpt-realtime", metavar="NAME", help=MODEL_HELP)
+    run.add_argument("--persona", type=Path, metavar="NAME|FILE", help=PERSONA_HELP)
+    run.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
+                     help="where sessions are saved: DIR/<session>/ and DIR/sessions.sqlite (default runs)")
+    run.add_argument("--audio", choices=["auto", "device", "wav", "none"], default="auto",
+                     help="auto: the sound device if one is usable, else silent; device: the sound device or exit 2; "
+                          "wav: silent, writing session.wav; none: silent (default auto)")
+    run.add_argument("--speed", type=float, default=1.0, metavar="X", help=SPEED_HELP)
+    run.add_argument("--seed", type=int, default=0, metavar="N", help="the simulator's random seed (default 0)")
+    run.add_argument("--faults", default="", metavar="SPEC",
+                     help="simulator faults, comma-separated, e.g. shuffle_done,duplicate,close_after=40")
     run.add_argument("--no-ui", action="store_true", help="plain log lines instead of the live view")
     run.add_argument("--ping-interval", type=float, default=20.0, metavar="S",
                      help="seconds between keepalive pings to the server (0: none; default 20)")
@@ -122,22 +154,25 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
 
     sim = sub.add_parser("sim", help="serve the local Realtime simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--persona", type=Path)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--faults", default="")
-    sim.add_argument("--speed", type=float, default=1.0)
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free one; default 8765)")
+    sim.add_argument("--persona", type=Path, metavar="NAME|FILE", help=PERSONA_HELP)
+    sim.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    sim.add_argument("--faults", default="", metavar="SPEC",
+                     help="faults to inject, comma-separated, e.g. shuffle_done,duplicate,close_after=40")
+    sim.add_argument("--speed", type=float, default=1.0, metavar="X", help="run simulated time X times faster")
     sim.set_defaults(func=_sim)
 
     replay = sub.add_parser("replay", help="re-run a recorded trace through the core; exit 1 on divergence")
-    replay.add_argument("trace", type=Path)
-    replay.add_argument("--flow", type=Path, help="the flow to replay against (default: the one recorded)")
+    replay.add_argument("trace", type=Path, metavar="TRACE", help="a session's trace.jsonl")
+    replay.add_argument("--flow", type=Path, metavar="FLOW",
+                        help="the flow to replay against (default: the one recorded)")
     replay.set_defaults(func=_replay)
 
     coverage = sub.add_parser("coverage", help="states and transitions that recorded sessions exercised")
-    coverage.add_argument("traces", nargs="+", type=Path)
-    coverage.add_argument("--flow", type=Path)
+    coverage.add_argument("traces", nargs="+", type=Path, metavar="TRACE", help="sessions' trace.jsonl files")
+    coverage.add_argument("--flow", type=Path, metavar="FLOW",
+                          help="the flow to measure (default: the one the traces recorded)")
     coverage.set_defaults(func=_coverage)
 
     test = sub.add_parser("test", help="run conversation tests (*.test.yaml) offline on virtual time; exit 1 if one "
@@ -160,6 +195,36 @@ def _parser() -> argparse.ArgumentParser:
                        help="the conversation test format of `engine test`")
     schema.set_defaults(func=_schema, kind="flow")
 
+    chat = sub.add_parser("chat", help="play the candidate yourself, by typing",
+                          description="Run an interview in which you are the candidate: each line you type is "
+                                      "one answer. /silence S says nothing for S seconds, /barge starts speaking "
+                                      "over the interviewer (your next line is what you say), /quit leaves. The "
+                                      "session is saved like any other.")
+    chat.add_argument("flow", type=Path, metavar="FLOW", help="the flow file (YAML)")
+    chat.add_argument("--persona", type=Path, metavar="NAME|FILE",
+                      help="the scenario the simulated model follows (its questions, tool calls): a bundled "
+                           "persona by name or a file; its candidate part is not played")
+    chat.add_argument("--realtime-url", metavar="URL", help=URL_HELP)
+    chat.add_argument("--model", default="gpt-realtime", metavar="NAME", help=MODEL_HELP)
+    chat.add_argument("--speed", type=float, default=1.0, metavar="X", help=SPEED_HELP)
+    chat.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
+                      help="where the session is saved (default runs)")
+    chat.add_argument("--seed", type=int, default=0, metavar="N", help="the simulator's random seed (default 0)")
+    chat.set_defaults(func=_chat, audio="none", faults="", no_ui=True, ping_interval=20.0, ping_timeout=20.0,
+                      trace_max_mb=64.0)
+
+    init = sub.add_parser("init", help="write a small working flow, its persona and test, to start from",
+                          description="Write a starter flow (states, its own tool, timeouts, a barge-in), its "
+                                      "interviewer instructions, a persona, a conversation test and the JSON "
+                                      "Schemas their modelines name. Existing files are never overwritten "
+                                      "without --force.")
+    init.add_argument("dir", type=Path, nargs="?", default=Path("."), metavar="DIR",
+                      help="the folder to write into (created if needed; default: the current folder)")
+    init.add_argument("--example", action="store_true",
+                      help="write the example interview (assessment.yaml, interviewer.md) instead")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=_init)
+
     from .serve.options import add_invite_arguments, add_serve_arguments
 
     serve = sub.add_parser("serve", help="serve interviews to candidates' browsers (invite links; /sessions view)")
@@ -169,6 +234,13 @@ def _parser() -> argparse.ArgumentParser:
     invite = sub.add_parser("invite", help="print one-time interview links for engine serve")
     add_invite_arguments(invite)
     invite.set_defaults(func=_invite)
+
+    completion = sub.add_parser("completion", help="print a shell completion script",
+                                description="Print a completion script generated from this command line, e.g. "
+                                            "`engine completion bash > ~/.local/share/bash-completion/completions/"
+                                            "engine` or `source <(engine completion bash)`.")
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete in")
+    completion.set_defaults(func=_completion)
     return parser
 
 
@@ -320,3 +392,60 @@ def _invite(args: argparse.Namespace) -> int:
     from .serve.main import invite_main
 
     return invite_main(args)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _raise_signalled)
+    import asyncio
+
+    from .chat import Chat, interactive
+    from .runner import run_session
+
+    flow = load_flow_or_report(args.flow)
+    if flow is None:
+        return 2
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # no standard input at all (closed): nothing will be typed
+        fd = -1
+    typist = Chat(fd, sys.stdout, interactive=interactive(sys.stdin))
+    status: int = asyncio.run(run_session(flow, args, typist))
+    return status
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .scaffold import init_main
+
+    schemas = {kind: _lazy_schema(target) for kind, target in SCHEMAS.items()}
+    return init_main(args.dir, example=args.example, force=args.force, schemas=schemas, tests="test" in CHECKERS)
+
+
+def _lazy_schema(target: str) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        schema: dict[str, Any] = _import(target)()
+        return schema
+
+    return make
+
+
+def _completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    parser = _parser()
+    for action in _actions(parser):  # what to complete follows from each argument's type
+        if action.type is Path:
+            action.complete = shtab.DIRECTORY if action.metavar == "DIR" else shtab.FILE  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return 0
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every argument of `parser` and of its subcommands."""
+    found = []
+    for action in parser._actions:
+        found.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _actions(child)
+    return found

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from . import audio as audiomod
 from .effects import CancelJob, Effect, End, EndAudio, Fired, Log, Play, Save, Send, StartJob, StopPlayback
@@ -43,7 +43,7 @@ from .trace import MAX_BYTES, TraceWriter, flow_identity, redact
 from .trace import _open as open_trace_file
 from .ui import PlainView, make_view
 
-__all__ = ["Session", "Result", "run_session", "check_out", "exit_code"]
+__all__ = ["Session", "Result", "Participant", "run_session", "check_out", "exit_code"]
 
 T = TypeVar("T")
 GRACE = 10.0  # seconds of wall time that late jobs, the player and the hang-up get at the end
@@ -176,7 +176,8 @@ class Session:
             self._task.cancel()
 
     def deliver(self, event: Event) -> None:
-        """Report an engine event (playback.*) to the session; call it on the event loop's thread."""
+        """Hand the session an event as if it had arrived (a player's playback.*, engine chat's speech
+        events for a typed turn); call it on the event loop's thread."""
         self.inbox.put_nowait(event)
 
     def now(self) -> float:
@@ -534,8 +535,22 @@ def check_out(out: Path) -> str | None:
     return None
 
 
-async def run_session(flow: Flow, args: argparse.Namespace) -> int:
+class Participant(Protocol):
+    """Someone who plays the candidate instead of the simulator's script (`engine chat`'s typist).
+
+    run_session asks it for the session's view and player, then runs `play(session)` beside the
+    session; `play` is cancelled when the session has finished."""
+
+    def view(self, secrets: tuple[str, ...]) -> PlainView: ...
+    def player(self, emit: audiomod.Emit, loop: asyncio.AbstractEventLoop, speed: float) -> audiomod.Player: ...
+    async def play(self, session: Session) -> None: ...
+
+
+async def run_session(flow: Flow, args: argparse.Namespace, participant: Participant | None = None) -> int:
     """`engine run`: pick the server (starting the simulator if needed), run, print where things are.
+
+    With a `participant` (`engine chat`) the simulator plays no candidate and nobody listens to the
+    microphone: the participant is the candidate.
 
     SIGINT, SIGTERM and SIGHUP end the session through its finish (everything saved); a second one
     hurries the finish. One line says how it ended; the exit code says the same (see exit_code)."""
@@ -566,17 +581,32 @@ async def run_session(flow: Flow, args: argparse.Namespace) -> int:
 
                 try:
                     sim = await stack.enter_async_context(simulator(
-                        persona=args.persona, seed=args.seed, faults=args.faults, speed=args.speed, voices=True))
+                        persona=args.persona, seed=args.seed, faults=args.faults, speed=args.speed,
+                        # Synthesised voices only where someone can hear them (espeak-ng costs real time,
+                        # which a session at --speed 50 sees as seconds of model latency).
+                        voices=participant is None and args.audio != "none",
+                        scripted_candidate=participant is None))
                 except ValueError as exc:
                     print(f"engine run: {exc}", file=sys.stderr)
                     return 2
                 endpoint = Endpoint(f"{sim.url}?model={args.model}", simulated=True)
             connect = partial(Transport.connect, ping_interval=args.ping_interval or None,
                               ping_timeout=args.ping_timeout or None)
-            session = Session(flow, endpoint, out=args.out, audio=args.audio, speed=args.speed,
-                              view=make_view(args.no_ui, endpoint.secrets), live_input=endpoint.kind == "openai",
+            if participant is None:
+                view, player = make_view(args.no_ui, endpoint.secrets), None
+            else:
+                view = participant.view(endpoint.secrets)
+                player = participant.player(lambda event: session.deliver(event), loop, args.speed)  # type: ignore[union-attr]
+            session = Session(flow, endpoint, out=args.out, audio=args.audio, speed=args.speed, view=view,
+                              player=player, live_input=endpoint.kind == "openai" and participant is None,
                               connect=connect, trace_max_bytes=int(args.trace_max_mb * 2**20))
-            result = await session.run()
+            playing = None if participant is None else loop.create_task(participant.play(session), name="participant")
+            try:
+                result = await session.run()
+            finally:
+                if playing is not None:
+                    playing.cancel()
+                    await asyncio.gather(playing, return_exceptions=True)
         # Printed while the handlers are still ours: a signal now only hurries what is left.
         print(f"\n{_LABELS.get(result.outcome, result.outcome)}: {result.reason}", flush=True)
         for line in result.failures:

@@ -44,7 +44,8 @@ __all__ = [
     "bundled_personas",
 ]
 
-PERSONA_DIR = Path(__file__).resolve().parent.parent.parent / "flows" / "personas"
+# The bundled personas: engine/flows/personas (in the repo a symlink to flows/personas, in a wheel the files).
+PERSONA_DIR = (Path(__file__).parent.parent / "flows" / "personas").resolve()
 MAX_EXTENDS = 8  # a chain of `extends:` longer than this is a mistake (or a cycle)
 
 
