@@ -447,7 +447,6 @@ def profile_core(flow: flowmod.Flow, inputs: list[tuple], top: int = 15) -> str:
 
 def memory(flow: flowmod.Flow, inputs: list[tuple], sessions: int) -> dict[str, Any]:
     half = inputs[: len(inputs) // 2]
-    events = [(k, t, parse(x) if k == "frame" else x) for k, t, x in half]  # shared: not the session's
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
@@ -456,8 +455,13 @@ def memory(flow: flowmod.Flow, inputs: list[tuple], sessions: int) -> dict[str, 
     for _ in range(sessions):
         iv = Interview(flow)
         iv.start(0.0)
-        for k, t, x in events:
-            iv.advance(t) if k == "advance" else iv.receive(x, t)
+        for k, t, x in half:  # each session parses its own frames: what it keeps of them is its own
+            if k == "frame":
+                iv.receive(parse(x), t)
+            elif k == "engine":
+                iv.receive(x, t)
+            else:
+                iv.advance(t)
         live.append(iv)
     gc.collect()
     current, peak = tracemalloc.get_traced_memory()

@@ -17,9 +17,10 @@ against the SAME simulated server, network, candidate, assessment job and speake
                    requested once the previous response is done on the server; its audio queues
   (e') = (e), but after End the queued audio plays out before the hang-up (the wait for it
                    bounded by the audio itself, up to DRAIN_CAP_S, instead of a fixed time)
-  (f) bound        the lower bound: each create is sent the moment its inputs exist and the
-                   server (only for this row) queues it until the previous response is done, so
-                   generation starts at the earliest instant the protocol could allow
+  (f) bound        the lower bound: each create is sent the moment its inputs exist (the reply's:
+                   the answer's commit, not its transcript) and the server (only for this row)
+                   queues it until the previous response is done, so generation starts at the
+                   earliest instant the protocol could allow
 
 How time works: everything runs on `engine.vloop.VirtualLoop`, a stock asyncio event loop
 whose clock jumps to the next timer whenever all tasks wait (no wall time passes). (a)-(c) are
@@ -35,7 +36,8 @@ The world, per scenario (all draws seeded by the scenario's seed, identical for 
 - network: one-way latency 10-80 ms per scenario plus per-message jitter (exponential, mean 8 ms,
   capped at 100 ms), in-order delivery in each direction (a WebSocket is a TCP stream);
 - candidate: starts answering 0.3-1.5 s after the question has been heard, speaks 3-20 s; server
-  VAD reports the end 0.7 s later (the flow's silence_duration_ms); transcript 0.1-1.0 s after that;
+  VAD reports the end 0.7 s later (the flow's silence_duration_ms) and commits the turn; its
+  transcript comes 0.3-1.5 s after that (the simulator's default transcription delay);
 - assessment job: 0.5-10 s from the tool call;
 - speaker: strict FIFO, audio plays from its first chunk; a response's audio ends at
   max(its first chunk's arrival, previous end) + its length. The same speaker for every strategy:
@@ -87,7 +89,7 @@ ASSESSMENT_S = (0.5, 10.0)
 REACTION_S = (0.3, 1.5)
 ANSWER_S = (3.0, 20.0)
 VAD_SILENCE_S = 0.7
-TRANSCRIPTION_S = (0.1, 1.0)
+TRANSCRIPTION_S = (0.3, 1.5)  # the simulator's default (engine/sim/scenario.py)
 LATENCY_S = (0.010, 0.080)
 JITTER_MEAN_S, JITTER_CAP_S = 0.008, 0.100
 DELIVERY = 4.0  # audio leaves the server this many times faster than real time
@@ -613,8 +615,8 @@ async def lower_bound(world: World) -> None:
             kind = event["type"]
             if kind == "response.output_audio.delta":
                 world.speaker.feed(event["response_id"], b64_seconds(event["delta"]))
-            elif kind == "conversation.item.input_audio_transcription.completed":
-                answered.set()
+            elif kind == "input_audio_buffer.committed":
+                answered.set()  # the model hears the committed audio: no transcript is needed to reply
             elif kind == "response.function_call_arguments.done" and not call.done():
                 call.set_result(event)
 

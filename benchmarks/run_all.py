@@ -123,8 +123,8 @@ def render(results: dict[str, Any], svg_name: str, quick: bool) -> str:
     add("- (e') (e) with one change (see Findings): after an End that reached a final state, the audio already "
         f"queued plays out before the hang-up (up to {dead_air.DRAIN_CAP_S:g} s), i.e. the wait for queued audio is "
         "bounded by that audio instead of by a fixed time.")
-    add("- (f) the lower bound: every `response.create` is sent the moment its inputs exist (answer "
-        "transcript, tool call, assessment result) and, for this row only, the server queues it until the previous "
+    add("- (f) the lower bound: every `response.create` is sent the moment its inputs exist (the answer's "
+        "commit, not its transcript; the tool call; the assessment result) and, for this row only, the server queues it until the previous "
         "response is done, so generation starts at the earliest instant possible; gap = max(0, generation start + "
         "time to first audio - end of the previous audio).")
     add("")

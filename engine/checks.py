@@ -147,6 +147,8 @@ class _Checker:
     def _check_parameters(self, name: str, parameters: dict[str, Any], loc: Loc) -> None:
         if parameters.get("type") != "object":
             self.src.at(loc, f"tool '{name}': `parameters` is the JSON Schema of the arguments, with `type: object`")
+        if _plainly_valid(parameters):
+            return  # valid, so jsonschema need not be imported (see _plainly_valid)
         for n, err in enumerate(_meta_schema().iter_errors(parameters)):
             if n == 20:
                 break
@@ -249,6 +251,56 @@ class _Checker:
         if root in self.flow.jobs and root not in TEMPLATE_ROOTS:
             return f"job:{root}"
         return None
+
+
+def _plainly_valid(schema: Any, depth: int = 0) -> bool:
+    """True when `schema` uses only the keywords of _PLAIN, each with the value the draft 2020-12
+    meta-schema requires of it: then it is a valid JSON Schema. Tools' parameters are almost always
+    such schemas, and importing jsonschema takes 70 ms of `engine run`'s start. False only means
+    "not this simple": jsonschema decides (and explains what is wrong)."""
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict) or depth > 32:
+        return False
+    return all(key in _PLAIN and _PLAIN[key](value, depth) for key, value in schema.items())
+
+
+def _is_text(value: Any, depth: int) -> bool:
+    return isinstance(value, str)
+
+
+def _is_count(value: Any, depth: int) -> bool:  # the meta-schema's nonNegativeInteger, in its plainest form
+    return type(value) is int and value >= 0
+
+
+def _is_number(value: Any, depth: int) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_type(value: Any, depth: int) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(t in _SCHEMA_TYPES for t in value) and len(set(value)) == len(value)
+    return value in _SCHEMA_TYPES
+
+
+def _are_names(value: Any, depth: int) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value) and len(set(value)) == len(value)
+
+
+_PLAIN: dict[str, Any] = {
+    "type": _is_type,
+    "properties": lambda v, d: isinstance(v, dict) and all(
+        isinstance(k, str) and _plainly_valid(s, d + 1) for k, s in v.items()),
+    "items": lambda v, d: _plainly_valid(v, d + 1),
+    "additionalProperties": lambda v, d: _plainly_valid(v, d + 1),
+    "required": _are_names,
+    "enum": lambda v, d: isinstance(v, list), "examples": lambda v, d: isinstance(v, list),
+    "const": lambda v, d: True, "default": lambda v, d: True,
+    "title": _is_text, "description": _is_text, "format": _is_text, "pattern": _is_text,
+    "uniqueItems": lambda v, d: isinstance(v, bool),
+    "minimum": _is_number, "maximum": _is_number, "exclusiveMinimum": _is_number, "exclusiveMaximum": _is_number,
+    "minLength": _is_count, "maxLength": _is_count, "minItems": _is_count, "maxItems": _is_count,
+}
 
 
 @cache

@@ -136,6 +136,7 @@ class Session:
         self._saves: list[asyncio.Task[None]] = []
         self._save_lock = asyncio.Lock()
         self._save_waiting = False
+        self._warming = False  # the job warm-ups have been started
         self._started = _now_iso()
         self._t0 = 0.0
 
@@ -151,7 +152,6 @@ class Session:
             self._open_outputs()
         except Exception as exc:  # a bug (a view that cannot start): the finish still runs
             self._internal_error(exc)
-        warm_up(self.job_fns)  # in threads: nothing slow before the interview's first words
         self._task = self._loop.create_task(self._guarded(), name=f"session {self.id}")
         # Cancelling run() cancels the interview (awaiting a task passes the cancel on); the
         # interview ends as interrupted and run() goes on to the finish.
@@ -325,6 +325,12 @@ class Session:
                 self.stats["collisions"] += 1
         elif kind == "session.closed":
             self._closed = str(event.data.get("reason", "closed"))
+        elif kind == "response.created" and not self._warming:
+            # The first response is under way: now the job warm-ups (threads; the assessment's loads
+            # dictionaries for ~1 s of CPU) may take the GIL. Earlier they would slow the start: the
+            # first response.create and, with the embedded simulator, the making of its audio.
+            self._warming = True
+            warm_up(self.job_fns)
         self.trace.event(now, event)
         self.view.event(now, event)
 

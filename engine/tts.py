@@ -13,8 +13,10 @@ import subprocess
 import tempfile
 import wave
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np  # imported where it is used: the simulator needs it only once it speaks
 
 __all__ = ["RATE", "available", "synthesize", "resample"]
 
@@ -59,6 +61,8 @@ def synthesize(text: str, voice: str = "en-us", wpm: int = 150) -> bytes | None:
         except (OSError, subprocess.SubprocessError, wave.Error, EOFError) as exc:
             logger.warning("espeak-ng failed for voice %r: %s", voice, exc)
             return None
+    import numpy as np
+
     samples = np.frombuffer(frames, dtype="<i2")
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
@@ -67,6 +71,8 @@ def synthesize(text: str, voice: str = "en-us", wpm: int = 150) -> bytes | None:
 
 def resample(samples: np.ndarray, rate: int, target: int = RATE) -> bytes:
     """Linear resampling of mono samples to `target` Hz, as little-endian pcm16 bytes."""
+    import numpy as np
+
     samples = np.asarray(samples, dtype=np.float64)
     if rate == target or samples.size == 0:
         out = samples

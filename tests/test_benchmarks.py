@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import core, dead_air, plot  # noqa: E402
+from engine import flow as flowmod  # noqa: E402
 
 SEEDS = (11, 8)  # two small runs of 6 scenarios: seeds 11..16 and 8..13
 
@@ -55,3 +56,53 @@ def test_core_benchmark_runs_and_both_sides_make_the_same_decisions():
         assert variant["core_final_state"] == variant["baseline_final_state"] == "done"
         assert variant["trace"]["audio_deltas"] > 100
     assert report["memory"]["bytes_per_session"] > 0
+
+
+def test_turn_taking_runs_and_the_shipped_flow_replies_as_soon_as_the_server_would():
+    from benchmarks import turn_taking
+
+    report = turn_taking.run(seeds=2, seed=5, virtual=True)
+    text = turn_taking.table(report)
+    for v, s in report["variants"].items():
+        assert s["name"] in text
+        assert s["completed"] == s["sessions"] == 2 and s["collisions"] == 0, (v, s)
+        assert s["answers"] == 8 and s["unanswered"] == 0, (v, s)  # the default persona answers four times
+    # On virtual time no CPU or network time passes: asking for the reply on the commit costs
+    # nothing over the server's own reply; waiting for the transcript costs its delay (0.3-1.5 s).
+    assert abs(report["paired"]["a"]["max_ms"]) < 0.01 and abs(report["paired"]["a"]["min_ms"]) < 0.01
+    assert report["paired"]["b"]["min_ms"] >= 300
+    delays = report["variants"]["b"]["transcription_delay"]
+    assert 300 <= delays["min_ms"] <= delays["max_ms"] <= 1500
+
+
+def test_the_turn_taking_variants_differ_from_the_shipped_flow_only_where_they_say():
+    from benchmarks import turn_taking
+
+    shipped = flowmod.load(turn_taking.VARIANTS["a"][1])
+    transcript = flowmod.load(turn_taking.VARIANTS["b"][1])
+    copy, original = ROOT / "benchmarks" / "flows" / "interviewer.md", ROOT / "flows" / "interviewer.md"
+    assert copy.read_text() == original.read_text()
+    a, b = shipped.model_dump(), transcript.model_dump()
+    for state in ("listening", "nudge"):
+        for tr in b["states"][state]["transitions"]:
+            assert tr["event"] == "input.transcript"
+            tr["event"] = "input.committed"
+    for key in ("name", "description"):
+        a.pop(key), b.pop(key)
+    for state in a["states"]:
+        a["states"][state].pop("description"), b["states"][state].pop("description")
+    assert a == b
+    server = flowmod.load(turn_taking.VARIANTS["c"][1])
+    assert server.session.turn_detection == {**shipped.session.turn_detection, "create_response": True}
+    assert server.session.instructions == shipped.session.instructions
+    assert server.session.tools == shipped.session.tools
+
+
+def test_startup_benchmark_runs():
+    from benchmarks import startup
+
+    report = startup.run(runs=1, modes=("cached",))
+    marks = report["modes"]["cached"]["marks"]
+    assert 0 < marks["site"]["min_ms"] < marks["engine.runner"]["min_ms"] < marks["first_create"]["min_ms"]
+    assert "first response.create" in startup.table(report)
+    assert "numpy" not in report["modes"]["cached"]["imports"]["check"]["heavy_ms"]

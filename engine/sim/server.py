@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from .. import tts
@@ -35,7 +34,7 @@ class _Voices:
     def __init__(self, speak: bool):
         self._speak = speak and tts.available()
         self._cache: dict[tuple[str, str, int], bytes] = {}
-        self._tone = _hum(2.0)
+        self._tone = b""  # made on first use: it needs numpy, which the start-up should not wait for
 
     async def speech(self, text: str, voice: str, wpm: int) -> bytes:
         if self._speak:
@@ -48,6 +47,8 @@ class _Voices:
 
     def tone(self, seconds: float) -> bytes:
         """A hum with a syllable-rate envelope: it sounds like speech from afar and costs one slice."""
+        if not self._tone:
+            self._tone = _hum(2.0)
         size = round(seconds * 1000) * BYTES_PER_MS
         repeats = -(-size // len(self._tone))
         return (self._tone * repeats)[:size] if repeats > 1 else self._tone[:size]
@@ -55,6 +56,8 @@ class _Voices:
 
 def _hum(seconds: float) -> bytes:
     """`seconds` of hum; periodic every 0.25 s but for the noise, so it tiles without a click."""
+    import numpy as np
+
     t = np.arange(int(seconds * tts.RATE)) / tts.RATE
     voice = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t) + 0.25 * np.sin(2 * np.pi * 420 * t)
     syllables = 0.5 - 0.5 * np.cos(2 * np.pi * 4 * t)  # four syllables a second

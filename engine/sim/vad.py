@@ -20,8 +20,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 __all__ = ["TurnDetection", "Segment", "plan", "EnergyDetector", "SEMANTIC", "validate", "effective"]
 
 # eagerness -> (turn-end delay after the last word [low, high] s, chance a pause ends the turn, max wait s)
@@ -221,6 +219,8 @@ class EnergyDetector:
         self._rest = data[usable:]
         if not usable:
             return []
+        import numpy as np  # here, not at the top: only real audio needs it (the simulator starts faster)
+
         samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float64).reshape(-1, frame // 2)
         voiced = np.sqrt(np.mean(samples * samples, axis=1)) >= self.level
         events: list[tuple[str, int]] = []
