@@ -472,7 +472,7 @@ def memory(flow: flowmod.Flow, inputs: list[tuple], sessions: int) -> dict[str, 
     fresh = _fresh_interview_bytes(flow)
     return {"sessions": sessions, "bytes_per_session": per, "kb_per_session": per / 1024,
             "fresh_interview_kb": fresh / 1024, "state_mid_session": live[0].state,
-            "inputs_fed": len(events),
+            "inputs_fed": len(half),
             "top": [(f"{s.traceback[0].filename.replace(str(ROOT) + '/', '')}:{s.traceback[0].lineno}",
                      s.size_diff // sessions) for s in top]}
 
