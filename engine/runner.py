@@ -119,8 +119,8 @@ class Session:
         self.folder = out / self.id
         self.iv = Interview(flow)
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
-        self.stats = {"events": 0, "responses": 0, "collisions": 0, "skipped": 0, "server_errors": 0,
-                      "timeouts": 0}
+        # What only the driver sees; the core counts responses, answers, timeouts and stale events.
+        self.stats = {"events": 0, "collisions": 0, "skipped": 0, "server_errors": 0}
         self.failures: list[str] = []
         self.late_results: dict[str, Any] = {}
         self.player: audiomod.Player | None = None
@@ -188,11 +188,7 @@ class Session:
         iv = self.iv
         turns = iv.turns
         counts = {
-            "responses": self.stats["responses"],
-            "answers": sum(1 for t in turns if t.get("role") == "candidate"),
-            "timeouts": self.stats["timeouts"],
-            "stale": len(iv.stale),
-            **getattr(iv, "counts", {}),  # the core's own counts, once it keeps them
+            **iv.counts,
             "skipped": self.stats["skipped"] + (self.transport.skipped if self.transport else 0),
             "collisions": self.stats["collisions"],
             "server_errors": self.stats["server_errors"],
@@ -341,8 +337,6 @@ class Session:
                 case Play(response_id=rid, item_id=item, audio=audio):
                     self.player.feed_base64(rid, item, audio)  # type: ignore[union-attr]
                 case Send(event=event):
-                    if event["type"] == "response.create":
-                        self.stats["responses"] += 1
                     await self.transport.send(event)  # type: ignore[union-attr]  # False: the reader tells
                 case EndAudio(response_id=rid):
                     self.player.end(rid)  # type: ignore[union-attr]
@@ -357,8 +351,6 @@ class Session:
                 case Log(level=level, message=message):
                     self.view.log(now, level, message)
                 case Fired():
-                    if ".after[" in effect.via:
-                        self.stats["timeouts"] += 1
                     self.view.fired(now, effect, self.iv.next_deadline())
                 case End():
                     self._end = effect

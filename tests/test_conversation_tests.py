@@ -33,7 +33,8 @@ from engine.trace import read
 sys.path.insert(0, str(ROOT / "tools"))
 import render_flow  # noqa: E402
 
-SHIPPED = sorted([*FLOWS.glob("*.test.yaml"), *(ROOT / "tests" / "flows").glob("*.test.yaml")])
+SHIPPED = sorted([*FLOWS.glob("*.test.yaml"), *(ROOT / "tests" / "flows").glob("*.test.yaml"),
+                  *(ROOT / "engine" / "starter").glob("*.test.yaml")])  # what `engine init` writes
 ASSESSMENT = FLOWS / "assessment.yaml"
 
 
@@ -77,7 +78,7 @@ def test_plain_engine_test_in_the_repository_passes(tmp_path: Path, monkeypatch:
 
 
 def test_the_shipped_tests_are_valid_and_checked_by_engine_check(capsys: pytest.CaptureFixture[str]) -> None:
-    assert len(SHIPPED) == 5 and all(file_kind(p) == "test" for p in SHIPPED)
+    assert len(SHIPPED) == 6 and all(file_kind(p) == "test" for p in SHIPPED)
     assert engine(["check", *map(str, SHIPPED)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{p}: ok" for p in SHIPPED]
 

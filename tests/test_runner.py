@@ -70,11 +70,11 @@ def test_interview_under_faults(tmp_path, faults):
         assert report["counts"]["skipped"] == sum(n.startswith("skipped a bad frame") for n in notes) > 0
     if faults == "collision=2":
         assert stats.injected_collisions == 1 and session.stats["collisions"] == 1
-        assert stats.client_events["response.create"] == session.stats["responses"]
+        assert stats.client_events["response.create"] == session.iv.counts["responses"]
         assert report["counts"]["collisions"] == 1
     if faults == "rate_limit=2":
         assert "rate_limit_exceeded" in json.dumps([line for line in lines if "in" in line])
-        assert session.stats["responses"] == stats.client_events["response.create"]
+        assert session.iv.counts["responses"] == stats.client_events["response.create"]
 
 
 def test_the_same_session_takes_the_same_path_every_time(tmp_path):
