@@ -349,9 +349,10 @@ def test_device_done_at_the_true_end(device):
         started, _ = await until("playback.started")
         done, event = await until("playback.done")
         # Heard no earlier than fed + duration, and no later than one block + the output latency
-        # (+ 30 ms for a busy machine that runs the audio thread late).
+        # (+ 100 ms for a busy machine that runs the audio thread or the loop late: the test checks
+        # that done comes at the end of the sound, not how fast a loaded CI machine is).
         late = done - fed - 1.0
-        assert 0 <= late <= 0.020 + p.max_delay + 0.030, (late, p.max_delay)
+        assert 0 <= late <= 0.020 + p.max_delay + 0.100, (late, p.max_delay)
         assert abs(done - started - 1.0) < 0.010
         assert event.data == {"played_ms": 1000}
 
@@ -370,12 +371,12 @@ def test_device_stop(device):
         asked = loop.time()
         p.stop()
         t, stopped = await until("playback.stopped")
-        assert t - asked < 0.020  # at the next turn of the loop
+        assert t - asked < 0.100  # at the next turn of the loop (with room for a loaded machine)
         assert (stopped.response_id, stopped.item_id) == ("r1", "a")
         assert stopped.data["dropped"] == ["r1", "r2"]
         # Audio handed to PortAudio still plays (<= one block + the DAC delay): it counts as played.
         heard = 1000 * (asked - started)
-        assert heard - 5 <= stopped.data["played_ms"] <= heard + 1000 * (0.020 + p.max_delay + 0.030)
+        assert heard - 5 <= stopped.data["played_ms"] <= heard + 1000 * (0.020 + p.max_delay + 0.100)
         p.feed("r1", "a", audio)  # ignored
         p.feed("r3", "c", _tone(0.1))
         p.end("r3")
