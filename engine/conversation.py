@@ -187,6 +187,12 @@ class Conversation:
         if eid is not None and eid == m.session_update and "error" not in self._flow.triggers[m.state]:
             self._abort(f"the server rejected the flow's session.update: {code}: {message}")
             return
+        probed = self._gate.probe_refused(eid, m.now, m.ids + 1)
+        if probed is not None:  # the engine's own question, not the flow's business
+            self._log("info", "the silent response is over on the server (its probe found nothing running)")
+            self._end_released_audio()
+            self._send_all(probed)
+            return
         rejected, sends = self._gate.error(eid, code, message, m.now, m.ids + 1)
         if code == "response_cancel_not_active":
             self._log("info", "cancel raced the end of the response (benign)")
@@ -354,6 +360,13 @@ class Conversation:
             self._log("warning", warning)
         if not (name and rid and self._route(f"tool.{name}", rid)):
             self._log("info", f"tool call {name} from a response this state did not ask for: recorded")
+
+    def _end_released_audio(self) -> None:
+        # A response the gate presumed over (silent too long: its done was lost) sends no more
+        # audio: end what it sent, or the player never reports it heard and it plays forever.
+        for rid in self._playback.unended():
+            if not self._gate.in_progress(rid):
+                self._end_audio(rid)
 
     def _end_audio(self, rid: str) -> None:
         if not self._gate.superseded(rid) and (end := self._playback.end(rid)) is not None:

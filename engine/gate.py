@@ -9,9 +9,12 @@ Rules of this module:
 3. Only the tag decides whose a response is: it answers our pending create when its
    response.created or response.done echoes that create's tag in `response.metadata`.
 4. Only events that prove a response exists on the server (its own `response.*` events) put it in
-   progress. A response in progress that sends nothing for SILENCE_RELEASE seconds, and a create
-   that nothing answers for CREATE_ANSWER_WAIT, are presumed over: one lost event never blocks the
-   gate.
+   progress. A response in progress that sends nothing for SILENCE_RELEASE seconds is asked about:
+   a `response.cancel` naming it (the probe). An error answering the probe (nothing of that id
+   runs) frees it at once; its `response.done` (it still ran: now cancelled) frees it as usual;
+   silence through another SILENCE_RELEASE, and a create that nothing answers for
+   CREATE_ANSWER_WAIT, are presumed over. So one lost event never blocks the gate, and a response
+   that is merely slow while one of its events was lost is never taken for over.
 5. The gate is data and calls nobody. Each input returns the client events to send now; the
    interview asks questions (`busy`, `finished(rid)`, `request_of(rid)`) and never reads fields.
 
@@ -57,7 +60,7 @@ TABLE: dict[GateState, dict[str, GateState]] = {
                        "free": REQUESTED},
 }
 
-SILENCE_RELEASE = 5.0  # seconds without an event of a response in progress: presumed over
+SILENCE_RELEASE = 5.0  # seconds without an event of a response in progress: probed, then presumed over
 # A server answers a create at once (response.created, or an error) however long the response then
 # takes; only a lost frame leaves it unanswered. Longer than SILENCE_RELEASE: a slow start is no loss.
 CREATE_ANSWER_WAIT = 15.0
@@ -125,6 +128,8 @@ class Gate:
         # Responses that are over; and those of them that failed on a rate limit and were asked again.
         self._finished: set[str] = set()
         self._superseded: set[str] = set()
+        # Probes: the event_id of each response.cancel sent to a silent response -> that response.
+        self._probes: dict[str, str] = {}
 
     # Public questions.
 
@@ -266,10 +271,27 @@ class Gate:
         if self._unknown_until is not None and now >= self._unknown_until:
             self._unknown_until = None
             self._free_if_idle()
+        probes: list[dict[str, Any]] = []
         for rid, last in list(self._in_progress.items()):
-            if now >= last + SILENCE_RELEASE:
-                self._end(rid)
-        return given_up, self._pump(now, next_id)
+            if now < last + SILENCE_RELEASE:
+                continue
+            if rid in self._probes.values():
+                self._end(rid)  # silent through its probe as well: presumed over
+            else:
+                event_id = f"evt_{next_id + len(probes)}"
+                self._probes[event_id] = rid
+                self._in_progress[rid] = now  # the probe's answer has SILENCE_RELEASE to come
+                probes.append({"type": "response.cancel", "response_id": rid, "event_id": event_id})
+        return given_up, probes + self._pump(now, next_id + len(probes))
+
+    def probe_refused(self, event_id: str | None, now: float, next_id: int) -> list[dict[str, Any]] | None:
+        """An `error` answering a probe: no response of that id runs on the server, so it is over.
+        Returns the events to send now, or None if `event_id` is not a probe's."""
+        rid = self._probes.get(event_id) if event_id is not None else None
+        if rid is None:
+            return None
+        self._end(rid)
+        return self._pump(now, next_id)
 
     def forget(self, state: str) -> list[Request]:
         """The flow left `state`: drop its queued requests (returned) and never re-send the others."""
@@ -287,12 +309,13 @@ class Gate:
     def snapshot(self) -> tuple[Any, ...]:
         return (self.state.value, tuple(r.frozen() for r in self._requests.values()), tuple(self._queue),
                 self._pending, tuple(self._in_progress.items()), self._unknown_until,
-                tuple(self._answers.items()), tuple(sorted(self._finished)), tuple(sorted(self._superseded)))
+                tuple(self._answers.items()), tuple(sorted(self._finished)), tuple(sorted(self._superseded)),
+                tuple(self._probes.items()))
 
     @classmethod
     def restore(cls, snap: tuple[Any, ...]) -> Gate:
         gate = cls()
-        state, requests, queue, pending, progress, unknown, answers, finished, superseded = snap
+        state, requests, queue, pending, progress, unknown, answers, finished, superseded, probes = snap
         gate.state = GateState(state)
         for tag, asker, body, collisions, rate_limits, not_before, wanted in requests:
             gate._requests[tag] = Request(tag, asker, dict(body), collisions, rate_limits, not_before, wanted)
@@ -303,6 +326,7 @@ class Gate:
         gate._answers = dict(answers)
         gate._finished = set(finished)
         gate._superseded = set(superseded)
+        gate._probes = dict(probes)
         return gate
 
     # Private.
@@ -327,6 +351,8 @@ class Gate:
         self._move("start")
 
     def _end(self, response_id: str) -> None:
+        if self._probes and response_id in self._probes.values():
+            self._probes = {e: r for e, r in self._probes.items() if r != response_id}
         if self._in_progress.pop(response_id, None) is not None or self._unknown_until is not None:
             self._unknown_until = None  # whatever the collision was about is over too
             self._free_if_idle()

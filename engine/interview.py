@@ -24,7 +24,7 @@ from .errors import LocalProtocolError, TemplateError
 from .events import HIGH_RATE, Event, RecentIds
 from .facts import Facts, freeze, render, thaw
 from .flow import Flow, Respond, ToolResult
-from .gate import Gate, Request
+from .gate import SILENCE_RELEASE, Gate, Request
 from .machine import Step, compiled
 from .playback import Playback
 
@@ -242,6 +242,10 @@ class Interview(Conversation):
         given_up, sends = self._gate.advance(m.now, m.ids + 1)
         for req in given_up:
             self._log("warning", f"no answer to the response asked for by '{req.state}' ({req.tag}): given up")
+        for probe in sends:
+            if probe["type"] == "response.cancel":
+                self._log("warning", f"response {probe['response_id']} silent for {SILENCE_RELEASE:g} s: cancelled "
+                                     "to learn whether it still runs")
         self._end_released_audio()
         self._send_all(sends)
         self._start_held_jobs()
@@ -339,13 +343,6 @@ class Interview(Conversation):
         output = self._render(arg.output) if isinstance(arg.output, str) else self._render_json(arg.output)
         self._send({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": call_id, "output": output}})
-
-    def _end_released_audio(self) -> None:
-        # A response the gate presumed over (silent too long: its done was lost) sends no more
-        # audio: end what it sent, or the player never reports it heard and it plays forever.
-        for rid in self._playback.unended():
-            if not self._gate.in_progress(rid):
-                self._end_audio(rid)
 
     def _start_job(self, name: str) -> None:
         m = self._m

@@ -209,15 +209,43 @@ def test_a_tagged_created_is_ours_even_if_its_id_was_seen_before():
     assert gate.request_of("resp_1") == "r1" and gate.state is ACTIVE
 
 
-def test_a_response_silent_for_the_release_bound_is_presumed_over():
+def probe(rid: str, event_id: str) -> dict:
+    return {"type": "response.cancel", "response_id": rid, "event_id": event_id}
+
+
+def silent_response_probed() -> Gate:
+    """resp_x streams until 2.0, then nothing; r1 waits behind it; at 7.0 the gate probes it."""
     gate = in_state(IDLE)
-    assert gate.proven("resp_x", 1.0)  # a response whose created and done were both lost
+    assert gate.proven("resp_x", 1.0)  # a response whose created (and maybe done) was lost
     gate.request(Request("r1", "s"), 1.5, 1)
     assert gate.state is ACTIVE and gate.next_deadline() == 1.0 + SILENCE_RELEASE
     gate.proven("resp_x", 2.0)  # still streaming: the bound runs from its last event
     assert gate.advance(6.9, 1) == ([], [])
-    assert gate.advance(2.0 + SILENCE_RELEASE, 1) == ([], [create("r1", "evt_1")])
+    assert gate.advance(2.0 + SILENCE_RELEASE, 1) == ([], [probe("resp_x", "evt_1")])  # not a create
+    assert gate.state is ACTIVE and gate.next_deadline() == 2.0 + 2 * SILENCE_RELEASE
+    return gate
+
+
+def test_a_silent_response_is_probed_and_a_refused_probe_frees_it_at_once():
+    gate = silent_response_probed()
+    assert gate.probe_refused("evt_9", 7.1, 2) is None  # not a probe's error: the flow's business
+    assert gate.probe_refused("evt_1", 7.1, 2) == [create("r1", "evt_2")]
     assert not gate.finished("resp_x")  # presumed, not known: a later event of it proves it again
+
+
+def test_a_probed_response_that_still_runs_is_not_taken_for_over():
+    gate = silent_response_probed()
+    gate.proven("resp_x", 8.0)  # one of its events was lost, not its end: it goes on
+    assert gate.advance(7.0 + SILENCE_RELEASE, 2) == ([], [])
+    assert gate.done("resp_x", None, {"status": "cancelled"}, 8.5, 2) == (None, [create("r1", "evt_2")])
+    assert gate.probe_refused("evt_1", 8.6, 3) is None  # its answer came as the done
+
+
+def test_a_response_silent_through_its_probe_is_presumed_over():
+    gate = silent_response_probed()
+    assert gate.advance(2.0 + 2 * SILENCE_RELEASE - 0.01, 2) == ([], [])
+    assert gate.advance(2.0 + 2 * SILENCE_RELEASE, 2) == ([], [create("r1", "evt_2")])
+    assert Gate.restore(gate.snapshot()).snapshot() == gate.snapshot()
 
 
 def test_a_create_nothing_answers_is_given_up_after_create_answer_wait():

@@ -373,7 +373,13 @@ def test_the_audio_of_a_response_released_as_silent_is_ended_so_that_it_can_be_h
     assert feed(iv, [(0.5, created("resp_1", "r1")), (0.6, audio("resp_1", "it_1", 1000))]) == [
         Play("resp_1", "it_1", "")]
     assert feed(iv, [(0.6 + SILENCE_RELEASE - 0.01, None)]) == []
-    assert feed(iv, [(0.6 + SILENCE_RELEASE, None)]) == [EndAudio("resp_1")]
+    probe = sends(feed(iv, [(0.6 + SILENCE_RELEASE, None)]))  # the gate asks whether it still runs
+    assert [(e["type"], e["response_id"]) for e in probe] == [("response.cancel", "resp_1")]
+    refused = error("response_cancel_not_active", "Cancellation failed: no active response found",
+                    probe[0]["event_id"])
+    assert feed(iv, [(0.7 + SILENCE_RELEASE, refused)]) == [
+        Log("info", "the silent response is over on the server (its probe found nothing running)"),
+        EndAudio("resp_1")]
     feed(iv, [(1.7 + SILENCE_RELEASE, playback_done("resp_1"))])
     effects = feed(iv, [(30.0, None)])  # greeting's timeout: goodbye is said, then heard
     assert fired(effects) == [("greeting", "goodbye", "after.0")]
@@ -541,7 +547,11 @@ def test_a_presumed_response_that_goes_silent_is_released_and_the_next_request_g
     feed(iv, [(0.4, job_done("assessment", SUMMARY))])
     assert iv.state == "summary"
     assert iv.next_deadline() == pytest.approx(0.3 + SILENCE_RELEASE)
-    assert tags(feed(iv, [(0.3 + SILENCE_RELEASE, None)])) == ["r2"]
+    probe = sends(feed(iv, [(0.3 + SILENCE_RELEASE, None)]))  # asked about first, not yet released
+    assert [(e["type"], e["response_id"]) for e in probe] == [("response.cancel", "resp_srv")]
+    assert iv.next_deadline() == pytest.approx(0.3 + 2 * SILENCE_RELEASE)
+    # The probe's answer is lost as well: silent through it, the response is presumed over.
+    assert tags(feed(iv, [(0.3 + 2 * SILENCE_RELEASE, None)])) == ["r2"]
 
 
 # Outcomes, limits, server errors ------------------------------------------------------------------
@@ -710,3 +720,16 @@ def test_equal_states_give_equal_snapshots():
 def test_restore_refuses_what_is_not_a_snapshot():
     with pytest.raises(LocalProtocolError):
         Interview.restore(load_flow("seed.yaml"), ("something", "else"))
+
+
+def test_a_slow_response_whose_event_was_lost_is_probed_not_released():
+    # Found by `engine check --explore --faults 1`: a response's function-call event was lost and
+    # the server was slow; 5 s of silence released it and the next create collided with it.
+    iv = Interview(load_flow("assessment.yaml"))
+    [tag] = tags(iv.start(0.0))
+    feed(iv, [(0.5, created("resp_1", tag)), (0.6, audio("resp_1", "it_1", 1000))])
+    probe = sends(feed(iv, [(0.6 + SILENCE_RELEASE, None)]))
+    assert [e["type"] for e in probe] == ["response.cancel"]
+    later = feed(iv, [(7.0, audio_done("resp_1", "it_1")), (0.6 + 2 * SILENCE_RELEASE, None)])
+    assert sends(later, "response.create") == []  # it still ran: its done decides
+    assert iv._gate.in_progress("resp_1")

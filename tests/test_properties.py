@@ -8,7 +8,8 @@ of finished responses arrive; the server sometimes starts a response of its own.
 1. the core never sends `response.create` while the server is still generating the response of
    an earlier create (a collision on a real server);
 2. a request is never left unsent while the conversation is free for longer than the release
-   bound (gate.SILENCE_RELEASE, plus the world's delivery jitter);
+   bound (gate.SILENCE_RELEASE, then as long again for the answer to the gate's probe, which may be
+   lost too; plus the world's delivery jitter);
 3. the session reaches the final state, by its deadlines, within a bounded number of steps.
 And a fork of the interview at any step (snapshot/restore, deepcopy, pickle) continues exactly as
 the original does.
@@ -49,7 +50,7 @@ from engine.interview import Interview
 FLOW = load_flow("assessment.yaml")
 RATE_LIMITED = {"type": "invalid_request_error", "code": "rate_limit_exceeded", "message": "slow down"}
 MAX_JITTER = 1.0 + 0.5  # delivery jitter plus the delay of a duplicate
-FREE_BOUND = SILENCE_RELEASE + MAX_JITTER + 0.5
+FREE_BOUND = 2 * SILENCE_RELEASE + MAX_JITTER + 0.5
 
 
 class World:
@@ -87,6 +88,11 @@ class World:
                         self.violations.append(f"{now:.2f}: create {event['event_id']} while the server generates "
                                                f"until {self.generating_until:.2f}")
                     self.respond(now, event)
+                case Send(event={"type": "response.cancel", "response_id": rid} as event):
+                    self.counts["probes"] += 1  # the gate asks about a silent response
+                    if now >= self.generating_until:
+                        self.push(now + 0.05, error("response_cancel_not_active",
+                                                    "Cancellation failed: no active response found", event["event_id"]))
                 case EndAudio(response_id=rid):
                     self.push(now + self.rnd.uniform(0.05, 3.0), playback_done(rid))
                 case StopPlayback():

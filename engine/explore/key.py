@@ -91,8 +91,9 @@ class Keyer:
         heard = tuple(sorted(nm(r, len(names)) for r in w.heard)) if w.heard else ()
         # The budgets (faults and answers left) are not in the key: a state with more of both left
         # covers the same state with less (search.py keeps the largest seen per key).
+        refusals = tuple((nm(e, len(names)), round(t - now, 6)) for e, t in w.refusals)
         return (tuple(responses), creates, playq, None if heard_by is None else round(heard_by - now, 6), stops,
-                muted, cand, tuple(sorted(w.jobs)), owed, w.closed, heard, w.fallback)
+                muted, cand, tuple(sorted(w.jobs)), owed, w.closed, heard, w.fallback, refusals)
 
     def budgets(self, world: World, key: tuple[Any, ...]) -> tuple[int, int, bool, Any]:
         """What the world may still do beside its key: faults left, answers given, whether time
@@ -143,7 +144,7 @@ class Keyer:
 
     def _gate_key(self, gate: tuple[Any, ...], now: float, names: dict[str, int],
                   live: dict[str, int]) -> tuple[Any, ...]:
-        state, requests, queue, pending, progress, unknown, answers, finished, superseded = gate
+        state, requests, queue, pending, progress, unknown, answers, finished, superseded, probes = gate
         nm = names.setdefault
         reqs = tuple((nm(tag, len(names)), asker, dict(body).get("tool_choice") if body else None, collisions,
                       rate_limits, max(0.0, round(not_before - now, 6)) if not_before else 0.0, wanted)
@@ -154,7 +155,8 @@ class Keyer:
                 None if unknown is None else round(unknown - now, 6),
                 tuple(sorted((live[rid], nm(tag, len(names))) for rid, tag in answers if rid in live)),
                 tuple(sorted(live[r] for r in finished if r in live)),
-                tuple(sorted(live[r] for r in superseded if r in live)))
+                tuple(sorted(live[r] for r in superseded if r in live)),
+                tuple(sorted((nm(eid, len(names)), nm(rid, len(names))) for eid, rid in probes)))
 
     def _playback_key(self, pb: tuple[Any, ...], now: float, names: dict[str, int],
                       live: dict[str, int]) -> tuple[Any, ...]:

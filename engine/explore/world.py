@@ -222,11 +222,15 @@ class World:
     just: tuple[str, ...] = ()
     serial: int = 0  # fresh ids
     expecting: tuple[str, str, str] | None = None  # (call id, tool, state) while a tool call is fed
+    # Cancels (the gate's probes) that named a response not running: the server refuses each with
+    # an error (event_id), at once.
+    refusals: tuple[tuple[str, float], ...] = ()  # (event_id of the cancel, sent at)
 
     def copy(self) -> World:
         return World(self.now, self.creates, self.responses, self.recent, self.playq, self.head_since, self.stops,
                      self.muted, self.cand, self.item, self.given, self.pending_tx, self.jobs, self.owed, self.faults,
-                     self.passed, self.closed, self.over, self.heard, self.fallback, (), self.serial, None)
+                     self.passed, self.closed, self.over, self.heard, self.fallback, (), self.serial, None,
+                     self.refusals)
 
     # Questions.
 
@@ -236,7 +240,7 @@ class World:
 
     def quiet(self) -> bool:
         """Nothing the world has started must still happen (only what may never happen is left)."""
-        return not (self.creates or self.responses or self.stops or self.cand != "idle"
+        return not (self.creates or self.responses or self.stops or self.refusals or self.cand != "idle"
                     or (self.playq and self.playq[0][3] is not None))
 
     def bound(self) -> float:
@@ -244,6 +248,8 @@ class World:
         b = NEVER
         for c in self.creates:
             b = min(b, c.sent + SILENCE_RELEASE)
+        for _, sent in self.refusals:
+            b = min(b, sent + SILENCE_RELEASE)
         for r in self.responses:
             b = min(b, response_bound(r))
         heard = self.heard_by()
@@ -326,6 +332,8 @@ class World:
         return Move(move.label + " (delivered twice)", move.op, move.arg, ((t, event), (t, event)), True)
 
     def _server_moves(self, shape: Shape, fault: bool) -> Iterator[Move]:
+        for event_id, _ in self.refusals:
+            yield self._one("cancel refused", "refuse", event_id, _cancel_refused(event_id))
         for i, c in enumerate(self.creates):
             if self.responses:  # the server is busy: it refuses the create (after what it sent first)
                 if all(r.tagged for r in self.responses):
@@ -631,8 +639,17 @@ class World:
             exp = self.expecting
             if exp is not None and exp[0] == call:
                 self.expecting = None  # answered in the same step that took it
+        elif kind == "response.cancel" and event.get("response_id"):  # the gate's probe of a silent response
+            rid = event["response_id"]
+            if any(r.rid == rid for r in self.responses):
+                self.responses = tuple(r._replace(cancel=True) if r.rid == rid else r for r in self.responses)
+            else:
+                self.refusals += ((event["event_id"], self.now),)
         elif kind == "response.cancel":
             self.responses = tuple(r._replace(cancel=True) if r.tag is not None else r for r in self.responses)
+
+    def _refuse(self, event_id: str) -> None:
+        self.refusals = tuple(x for x in self.refusals if x[0] != event_id)
 
     def _play(self, rid: str, item: str | None, seconds: float) -> None:
         if rid in self.muted:
@@ -796,6 +813,12 @@ def _done_event(rid: str, item: str, tag: str | None, state: str | None, spoke: 
     if rate_limited:
         response["status_details"] = {"type": status, "error": _RATE_LIMITED}
     return _server({"type": "response.done", "response": response})
+
+
+def _cancel_refused(event_id: str) -> Event:
+    return _server({"type": "error", "error": {
+        "type": "invalid_request_error", "code": "response_cancel_not_active",
+        "message": "Cancellation failed: no active response found", "param": None, "event_id": event_id}})
 
 
 @_cached
