@@ -342,6 +342,11 @@ def load_flow_or_report(path: Path) -> flowmod.Flow | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    return _session(args)
+
+
+def _session(args: argparse.Namespace, participant: Any = None) -> int:
+    """`engine run` and `engine chat`: one session of the flow, through the runner's one ending path."""
     # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, _raise_signalled)
@@ -352,7 +357,7 @@ def _run(args: argparse.Namespace) -> int:
     flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
-    status: int = asyncio.run(run_session(flow, args))
+    status: int = asyncio.run(run_session(flow, args, participant))
     return status
 
 
@@ -395,23 +400,13 @@ def _invite(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    for number in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, _raise_signalled)
-    import asyncio
-
     from .chat import Chat, interactive
-    from .runner import run_session
 
-    flow = load_flow_or_report(args.flow)
-    if flow is None:
-        return 2
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, OSError, ValueError):  # no standard input at all (closed): nothing will be typed
         fd = -1
-    typist = Chat(fd, sys.stdout, interactive=interactive(sys.stdin))
-    status: int = asyncio.run(run_session(flow, args, typist))
-    return status
+    return _session(args, Chat(fd, sys.stdout, interactive=interactive(sys.stdin)))
 
 
 def _init(args: argparse.Namespace) -> int:
