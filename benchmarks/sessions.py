@@ -51,6 +51,16 @@ WINDOW_S = 40.0  # steady: lag is measured over this many wall seconds once ever
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_s() -> float:
+    """How long the calling thread has waited for a CPU (ready to run, not running): the second
+    field of /proc/thread-self/schedstat. Large when the machine has more work than cores."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def rss_mb() -> float:
     """This process's resident set size (VmRSS), in MB."""
     with open("/proc/self/status") as f:
@@ -179,14 +189,15 @@ async def step(n: int, url: str, flow: flowmod.Flow, speed: float, cap_s: float,
     tick = asyncio.ensure_future(ticker())
     cpu0, wall0 = time.process_time(), time.perf_counter()
     tasks = [asyncio.ensure_future(slot(i)) for i in range(n)]
-    cpu_window = loop_cpu = None
+    cpu_window = loop_cpu = loop_wait = None
     if mode == "burst":
         done, pending = await asyncio.wait(tasks, timeout=cap_s)
     else:
         await asyncio.sleep(ramp)
-        c0, t0 = time.process_time(), time.thread_time()
+        c0, t0, w0 = time.process_time(), time.thread_time(), runqueue_wait_s()
         await asyncio.sleep(window_s)
         cpu_window, loop_cpu = time.process_time() - c0, time.thread_time() - t0
+        loop_wait = runqueue_wait_s() - w0
         done, pending = set(), set(tasks)
     closing.set()
     for task in pending:
@@ -223,6 +234,8 @@ async def step(n: int, url: str, flow: flowmod.Flow, speed: float, cap_s: float,
         "session_s_mean": session_s,
         "process_cpu_share": cpu_window / window_s if cpu_window is not None else cpu / wall,
         "loop_cpu_share": loop_cpu / window_s if loop_cpu is not None else float("nan"),
+        # the loop thread ready to run but not given a CPU (other processes, the simulator's included)
+        "loop_runqueue_share": loop_wait / window_s if loop_wait is not None else float("nan"),
         "cpu_share_per_session": cpu_per_session / session_s if durations else float("nan"),
         "lag_p50_ms": pct(window, 50) * 1000, "lag_p99_ms": pct(window, 99) * 1000,
         "lag_max_ms": max(window, default=0) * 1000, "lag_ticks": len(window),
@@ -363,14 +376,15 @@ def profile_step(n: int, speed: float, cap_s: float) -> str:
 
 def table(report: dict[str, Any]) -> str:
     rows = ["| load | N | interviews finished ok | lag p50 | lag p99 | lag max | CPU / interview | "
-            "CPU share / interview | loop thread CPU | process CPU | RSS / session | interview length | "
-            "simulator CPU | collisions | load (1 min) before |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "CPU share / interview | loop thread CPU | loop waiting for a CPU | process CPU | RSS / session | "
+            "interview length | simulator CPU | collisions | load (1 min) before |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["steps"]:
         rows.append(f"| {s['mode']} | {s['n']} | {s['ok']}/{s['sessions']} | {s['lag_p50_ms']:.1f} ms | "
                     f"{s['lag_p99_ms']:.1f} ms | "
                     f"{s['lag_max_ms']:.0f} ms | {s['cpu_per_session_s'] * 1000:.0f} ms | "
                     f"{s['cpu_share_per_session'] * 100:.2f} % | {s.get('loop_cpu_share', float('nan')) * 100:.0f} % | "
+                    f"{s.get('loop_runqueue_share', float('nan')) * 100:.0f} % | "
                     f"{s.get('process_cpu_share', float('nan')) * 100:.0f} % | "
                     f"{s.get('rss_per_session_kb', float('nan')):.0f} KB | "
                     f"{s['session_s_mean']:.1f} s | "
