@@ -76,7 +76,7 @@ def record_trace(seed: int = 0, speed: float = 20, tries: int = 3) -> tuple[list
     At high --speed a busy machine delays the client's playback by many simulated seconds, and the
     simulated candidate then talks over the question (a barge-in the persona does not have): such a
     recording is made again, up to `tries` times, and kept (and reported) if it persists."""
-    for attempt in range(1, tries + 1):
+    for attempt in range(1, tries + 1):  # noqa: B007 (reported after the loop)
         with tempfile.TemporaryDirectory() as tmp:
             path = asyncio.run(_record(Path(tmp), seed, speed))
             lines = list(read(path))
@@ -329,7 +329,7 @@ def run_baseline(inputs: list[tuple]) -> tuple[float, Baseline]:
     b.create(None)  # the greeting
     frame, engine = b.frame, b.engine
     t0 = time.process_time()
-    for kind, t, x in inputs:
+    for kind, _t, x in inputs:
         if kind == "frame":
             frame(x)
         elif kind == "engine":
@@ -361,12 +361,13 @@ def throughput(flow: flowmod.Flow, inputs: list[tuple], repeats: int) -> dict[st
     _, iv, creates = run_core(flow, inputs)
     _, b = run_baseline(inputs)
     c, bl = min(core), min(base)
-    paired = sorted(a / b for a, b in zip(core, base))
+    paired = sorted(a / b for a, b in zip(core, base, strict=False))
     return {"events": n, "core_us_per_event": c / n * 1e6, "baseline_us_per_event": bl / n * 1e6,
             "core_events_per_s": n / c, "baseline_events_per_s": n / bl,
             "ratio": statistics.median(paired), "ratio_of_minima": c / bl,
             "ratio_p25": paired[len(paired) // 4], "ratio_p75": paired[3 * len(paired) // 4],
-            "core_median_us": statistics.median(core) / n * 1e6, "baseline_median_us": statistics.median(base) / n * 1e6,
+            "core_median_us": statistics.median(core) / n * 1e6,
+            "baseline_median_us": statistics.median(base) / n * 1e6,
             "core_final_state": iv.state, "baseline_final_state": b.state,
             "core_creates": creates, "baseline_creates": b.creates, "repeats": repeats}
 

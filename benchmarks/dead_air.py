@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -61,9 +62,10 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +73,6 @@ from engine import flow as flowmod
 from engine.effects import CancelJob, End, EndAudio, Play, Send, StartJob, StopPlayback
 from engine.events import Event, normalise
 from engine.interview import Interview
-
 from engine.vloop import Deadlock, Timeline, VirtualLoop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,7 @@ class Scenario:
     jitter_up: dict[str, float] = field(repr=False)  # per create kind (and "other")
 
     @classmethod
-    def make(cls, seed: int) -> "Scenario":
+    def make(cls, seed: int) -> Scenario:
         rnd = random.Random(seed)
         u = rnd.uniform
 
@@ -216,7 +217,7 @@ def kind_of(create: dict[str, Any], answered: bool) -> str:
 class Speaker:
     """Strict FIFO playback: audio plays from its first chunk, one response after another."""
 
-    def __init__(self, world: "World"):
+    def __init__(self, world: World):
         self.world = world
         self.cursor = 0.0
         self.voices: dict[str, Heard] = {}  # response id -> what was (or will be) heard
@@ -430,13 +431,13 @@ class World:
         voices = sorted(self.speaker.voices.values(), key=lambda h: h.start)
         cutoffs = sum(1 for h in voices if h.end > end + 1e-9)
         heard = [h for h in voices if h.start < end]
-        queued = sum(1 for prev, h in zip(heard, heard[1:]) if h.arrived < prev.end - 1e-9)
+        queued = sum(1 for prev, h in zip(heard, heard[1:], strict=False) if h.arrived < prev.end - 1e-9)
         timeline = sorted(heard + ([self.answer] if self.answer and self.answer.start < end else []),
                           key=lambda h: h.start)
-        overlaps = sum(1 for prev, h in zip(timeline, timeline[1:]) if h.start < prev.end - 1e-6)
+        overlaps = sum(1 for prev, h in zip(timeline, timeline[1:], strict=False) if h.start < prev.end - 1e-6)
         gaps: list[tuple[str, float]] = []
         after_answer = False
-        for prev, h in zip(timeline, timeline[1:]):
+        for prev, h in zip(timeline, timeline[1:], strict=False):
             if prev.kind == "answer":
                 after_answer = True
             if after_answer:
@@ -505,10 +506,8 @@ class HandWritten:
             rid = await self.created.get()
             await self.transcript_done[rid].wait()
         else:  # hybrid
-            try:
+            with contextlib.suppress(TimeoutError):  # "the event did not come: carry on"
                 await asyncio.wait_for(self._transcript_of_next(), 5)
-            except TimeoutError:
-                pass  # "the event did not come: carry on"
 
     async def _transcript_of_next(self) -> None:
         rid = await self.created.get()
@@ -683,7 +682,7 @@ class Bench:
                     await coro
                 except asyncio.CancelledError:
                     if not world.stalled:
-                        raise RuntimeError(f"strategy {strategy} seed {scenario.seed}: ran past {CAP_S} s")
+                        raise RuntimeError(f"strategy {strategy} seed {scenario.seed}: ran past {CAP_S} s") from None
                 finally:
                     guard.cancel()
                     world.hang_up()
@@ -765,7 +764,7 @@ def run(scenarios: int, seed: int, strategies: tuple[str, ...] = DEFAULT_STRATEG
     for key, runs in results.items():
         paired = []
         if "f" in results:
-            for rs, rf in zip(runs, results["f"]):
+            for rs, rf in zip(runs, results["f"], strict=False):
                 ds, df = dict(rs.gaps), dict(rf.gaps)
                 paired += [ds[k] - df[k] for k in ds.keys() & df.keys()]
         summary[key]["paired_excess_ms"] = statistics.fmean(paired) * 1000 if paired else float("nan")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -60,9 +60,11 @@ def svg(panels: Sequence[tuple[str, dict[str, list[float]]]], title: str, x_max:
             h = row_h * 0.5
             parts.append(f'<line x1="{x_of(p5):.1f}" y1="{mid:.1f}" x2="{x_of(p95):.1f}" y2="{mid:.1f}" '
                          f'stroke="{color}" stroke-width="1.2"/>')
-            parts.append(f'<rect x="{x_of(p25):.1f}" y="{mid - h / 2:.1f}" width="{max(x_of(p75) - x_of(p25), 1.5):.1f}" '
+            width = max(x_of(p75) - x_of(p25), 1.5)
+            parts.append(f'<rect x="{x_of(p25):.1f}" y="{mid - h / 2:.1f}" width="{width:.1f}" '
                          f'height="{h:.1f}" fill="white" fill-opacity="0.5" stroke="{color}" stroke-width="1.4"/>')
-            parts.append(f'<line x1="{x_of(p50):.1f}" y1="{mid - h / 2:.1f}" x2="{x_of(p50):.1f}" y2="{mid + h / 2:.1f}" '
+            parts.append(f'<line x1="{x_of(p50):.1f}" y1="{mid - h / 2:.1f}" x2="{x_of(p50):.1f}" '
+                         f'y2="{mid + h / 2:.1f}" '
                          f'stroke="{color}" stroke-width="2.4"/>')
             mean = float(arr.mean())
             mx = x_of(mean)

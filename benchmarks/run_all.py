@@ -56,7 +56,7 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "commit": commit,
             "uncommitted_engine_files": len(dirty.splitlines()) if dirty else 0,
             "uncommitted": [line[3:] for line in dirty.splitlines()],
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def _range(value: Any) -> str:
@@ -124,9 +124,9 @@ def render(results: dict[str, Any], svg_name: str, quick: bool) -> str:
         f"queued plays out before the hang-up (up to {dead_air.DRAIN_CAP_S:g} s), i.e. the wait for queued audio is "
         "bounded by that audio instead of by a fixed time.")
     add("- (f) the lower bound: every `response.create` is sent the moment its inputs exist (the answer's "
-        "commit, not its transcript; the tool call; the assessment result) and, for this row only, the server queues it until the previous "
-        "response is done, so generation starts at the earliest instant possible; gap = max(0, generation start + "
-        "time to first audio - end of the previous audio).")
+        "commit, not its transcript; the tool call; the assessment result) and, for this row only, the server "
+        "queues it until the previous response is done, so generation starts at the earliest instant possible; "
+        "gap = max(0, generation start + time to first audio - end of the previous audio).")
     add("")
     add("World (per scenario, seeded, identical for all strategies):")
     add("")
@@ -212,7 +212,8 @@ def render(results: dict[str, Any], svg_name: str, quick: bool) -> str:
             f"server), and the core then waits at most HANGUP_WAIT = {wait:g} s (engine/interview.py) for the queued "
             "audio before it ends the session *ok* and the runner closes the player (the core logs \"hanging up with "
             "audio of N response(s) not yet heard\"). With responses of up to 20 s, up to four of them can be queued "
-            f"at once, more than 20 + {wait:g} s. Suggestion: bound that wait by the audio the core knows is queued (it "
+            f"at once, more than 20 + {wait:g} s. Suggestion: bound that wait by the audio the core knows is queued "
+            "(it "
             "counts the bytes received per item; their duration, minus what `playback.done` has already reported, "
             "plus a margin) instead of a fixed time; (e') models that and has no cut-offs and the same dead air. "
             "Cheaper alternative in flows/assessment.yaml: a goodbye timeout longer than the longest audio that can "
@@ -225,7 +226,8 @@ def render(results: dict[str, Any], svg_name: str, quick: bool) -> str:
             "no cut-offs and the same dead air.")
     a_, b_, c_ = S["a"], S["b"], S["c"]
     add(f"4. **The hand-written waits.** (a) never collides, but adds up to 3 s plus the time to first audio "
-        f"whenever the audio is shorter than 3 s + generation, and its hang-up 3 s after the goodbye's `response.done` cut off audio in "
+        f"whenever the audio is shorter than 3 s + generation, and its hang-up 3 s after the goodbye's "
+        f"`response.done` cut off audio in "
         f"{a_['cutoff_scenarios']} of {a_['scenarios']} scenarios. (b) stalls for good when a transcript.done never "
         f"comes ({b_['stalls']} stalls) and waits 5-35 s when it is late; its hang-up on the goodbye's transcript.done "
         f"cuts the goodbye. (c) bounds the stall but its 5 s timeout fires while long responses are still being "
@@ -289,7 +291,8 @@ def render(results: dict[str, Any], svg_name: str, quick: bool) -> str:
         todo = []
         if feats.get("duplicate_check") != "set":
             todo.append("Keep the remembered event ids in a set next to the deque (evict from both): "
-                        "`event_id in deque(maxlen=512)` is a linear scan, ~5 us per event once 512 ids are remembered.")
+                        "`event_id in deque(maxlen=512)` is a linear scan, ~5 us per event once 512 ids are "
+                        "remembered.")
         if not feats.get("hot_path"):
             todo.append("A hot path in `receive` for streamed deltas when no deadline is due (a cached next "
                         "deadline, no `_fire_due`, no generic dispatch).")

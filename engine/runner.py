@@ -402,7 +402,8 @@ class Session:
             self._save_waiting = False
             if self._finishing:
                 return  # the final save supersedes it
-            self.trace.flush()  # the trace on disk agrees with the reports
+            self.trace.flush()
+            await self.trace.synced()  # the trace on disk agrees with the reports
             _, failed = await save_all(self.record(None, f"in progress: {reason}"), self.folder, self.sinks)
         self._failed(failed)
 

@@ -12,6 +12,10 @@ Line kinds (each has `t`, the session time in seconds, except `meta`):
 Audio payloads are kept as their length only, so a trace stays small; the core only counts them.
 Traces of format 1 (no `format` in meta) read the same.
 
+Off the event loop: the loop only encodes lines and hands each batch to one disk thread shared by
+every trace of the process, which writes them in order (a write can wait on a busy disk; the loop
+must not). `close()` waits for its own trace to be on disk.
+
 Bounded: past `summarise_after` lines of one type, high-rate or unknown events that caused no
 effect are only counted (the summary line at the end), which loses nothing a replay needs; at
 `max_bytes` the trace stops with a final note. A write error (a full disk) stops the trace, never
@@ -20,10 +24,12 @@ the session: `failed` says why, and `on_problem` is told once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
 import json
+import json.encoder
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +38,7 @@ from typing import IO, Any
 
 from .effects import Effect, Play
 from .events import ENGINE_EVENTS, HIGH_RATE, SERVER_EVENTS, Event, normalise
+from .sinks import _Writers
 
 __all__ = ["TraceWriter", "read", "flow_identity", "event_record", "event_from_record", "effect_record", "redact",
            "engine_version", "FORMAT", "MAX_BYTES"]
@@ -43,6 +50,22 @@ BATCH_BYTES = 8 * 1024  # written in one call once this much is buffered (a few 
 BATCH_S = 1.0  # ...or this much session time has passed since the last write
 RESERVE_BYTES = 2 * 2**20  # free disk space the trace leaves for the reports
 _TAIL = 4096  # room kept under max_bytes for the closing lines
+_DISK = _Writers(threads=1)  # one thread: every trace's batches are written in the order handed over
+
+
+def _line_encoder() -> Callable[[Any], str]:
+    """`json.dumps(obj, separators=(",", ":"), default=str)`, the same text, without building an
+    encoder for every line: json.dumps makes a JSONEncoder and a C encoder per call, which was half
+    the trace's cost (hundreds of lines a second per session). No circular check: trace lines are
+    parsed frames and effects, never circular."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python): the encoder, made once
+        return json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+    encode = make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda obj: "".join(encode(obj, 0))
+
+
+_encode_line = _line_encoder()
 
 
 def redact(text: str, secrets: str | Iterable[str] | None) -> str:
@@ -156,6 +179,7 @@ class TraceWriter:
         self._lines: Counter[str] = Counter()  # input lines written per type
         self._counted: Counter[str] = Counter()  # inputs counted instead of written
         self._file: IO[str] | None = None
+        self._disk_error: str | None = None  # set by the disk thread: why the trace stopped there
         try:
             self._file = open_file(self._part)
         except OSError as exc:
@@ -187,7 +211,8 @@ class TraceWriter:
         self._write({"t": t, "note": text})
 
     def flush(self) -> None:
-        """Write what is buffered now (a Save, the end of the session)."""
+        """Hand what is buffered to the disk thread now (every batch, a Save, the end)."""
+        self._disk_stopped()
         if not self._buffer or self._file is None:
             self._buffer.clear()
             self._buffered = 0
@@ -196,16 +221,16 @@ class TraceWriter:
         self._buffer.clear()
         self._buffered = 0
         self._last_write_t = self._t
-        try:
-            self._file.write(chunk)
-            self._file.flush()
-            self._written += len(chunk)
-            self._check_space()
-        except OSError as exc:
-            self._stop(f"trace stopped: {exc.strerror or exc} (the session goes on)")
+        self._written += len(chunk)
+        _DISK.submit(self._put, self._file, chunk)
+
+    async def synced(self) -> None:
+        """Wait, without blocking the loop, until every batch handed over so far is on disk (a
+        Save: the trace on disk then agrees with the reports)."""
+        await asyncio.get_running_loop().run_in_executor(_DISK, _nothing)
 
     def close(self) -> None:
-        """Write the closing lines and move the trace into place."""
+        """Write the closing lines and move the trace into place; returns once that is done."""
         self._settle()
         if self._counted:
             self._write({"t": self._t, "summary": dict(self._counted)}, tail=True)
@@ -216,11 +241,8 @@ class TraceWriter:
         if self._file is None:
             return
         file, self._file = self._file, None
-        try:
-            file.close()
-            os.replace(self._part, self.path)
-        except OSError as exc:
-            self._stop(f"trace not finished: {exc.strerror or exc}")
+        _DISK.submit(self._finish_file, file).result()
+        self._disk_stopped()
 
     # Private.
 
@@ -243,7 +265,7 @@ class TraceWriter:
         t = line.get("t")
         if isinstance(t, float):
             self._t = t
-        text = redact(json.dumps(line, separators=(",", ":"), default=str), self._secrets) + "\n"
+        text = redact(_encode_line(line), self._secrets) + "\n"
         limit = self._max if tail else self._max - _TAIL
         if self._written + self._buffered + len(text) > limit:
             if not tail:
@@ -256,24 +278,47 @@ class TraceWriter:
         if self._buffered >= BATCH_BYTES or self._t - self._last_write_t >= BATCH_S:
             self.flush()
 
-    def _check_space(self) -> None:
-        assert self._file is not None
-        try:
-            stat = os.fstatvfs(self._file.fileno())
-        except (OSError, ValueError, AttributeError):  # not a real file (tests)
+    # In the disk thread.
+
+    def _put(self, file: IO[str], chunk: str) -> None:
+        if self._disk_error is not None:
             return
-        if stat.f_bavail * stat.f_frsize < RESERVE_BYTES:
-            self._stop("trace stopped: the disk is nearly full (room is left for the reports; the session goes on)")
+        try:
+            file.write(chunk)
+            file.flush()
+            if _low_space(file):
+                self._disk_error = ("trace stopped: the disk is nearly full (room is left for the reports; "
+                                    "the session goes on)")
+        except Exception as exc:  # OSError (a full disk); anything else must not kill the thread
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self._disk_error = f"trace stopped: {why} (the session goes on)"
+        if self._disk_error is not None:
+            _close_into_place(file, self._part, self.path)
+
+    def _finish_file(self, file: IO[str]) -> None:
+        if self._disk_error is not None:  # stopped (and closed) by a failed write
+            return
+        try:
+            file.close()
+            os.replace(self._part, self.path)
+        except OSError as exc:
+            self._disk_error = f"trace not finished: {exc.strerror or exc}"
+
+    # Back on the loop.
+
+    def _disk_stopped(self) -> None:
+        """Report a stop in the disk thread (once) and stop handing it lines."""
+        if self._disk_error is not None and self.failed is None:
+            self._file = None
+            self._buffer.clear()
+            self._buffered = 0
+            self._problem(self._disk_error)
 
     def _stop(self, why: str) -> None:
         if self.failed is None:
             self._problem(why)
         if self._file is not None:
-            try:
-                self._file.close()
-                os.replace(self._part, self.path)  # what was written is still a readable trace
-            except OSError:
-                pass
+            _DISK.submit(_close_into_place, self._file, self._part, self.path)
             self._file = None
         self._buffer.clear()
         self._buffered = 0
@@ -283,6 +328,27 @@ class TraceWriter:
             self.failed = why
             if self._on_problem is not None:
                 self._on_problem(why)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _low_space(file: IO[str]) -> bool:
+    try:
+        stat = os.fstatvfs(file.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests)
+        return False
+    return stat.f_bavail * stat.f_frsize < RESERVE_BYTES
+
+
+def _close_into_place(file: IO[str], part: Path, path: Path) -> None:
+    """Close a trace stopped early: what was written is still a readable trace."""
+    try:
+        file.close()
+        os.replace(part, path)
+    except OSError:
+        pass
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:

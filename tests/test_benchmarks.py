@@ -106,3 +106,13 @@ def test_startup_benchmark_runs():
     assert 0 < marks["site"]["min_ms"] < marks["engine.runner"]["min_ms"] < marks["first_create"]["min_ms"]
     assert "first response.create" in startup.table(report)
     assert "numpy" not in report["modes"]["cached"]["imports"]["check"]["heavy_ms"]
+
+
+def test_sessions_benchmark_runs_and_reports_cpu_and_memory_per_session(tmp_path):
+    from benchmarks import sessions
+
+    report = sessions.run([2], speed=20.0, cap_s=60.0, progress=False, out_dir=tmp_path, modes=("burst",))
+    (step,) = report["steps"]
+    assert step["ok"] == step["sessions"] == 2 and step["collisions"] == 0 and not step["errors"], step
+    assert step["cpu_per_session_s"] > 0 and step["rss_per_session_kb"] == step["rss_per_session_kb"]  # not NaN
+    assert "RSS / session" in sessions.table(report)

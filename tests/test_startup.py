@@ -46,7 +46,8 @@ def test_the_simulator_starts_without_numpy() -> None:
 
 
 FLOWS = sorted(p for p in [*ROOT.glob("flows/*.yaml"), *ROOT.glob("tests/flows/*.yaml"),
-                           *ROOT.glob("benchmarks/flows/*.yaml")] if not p.name.endswith((".persona.yaml", ".test.yaml")))
+                           *ROOT.glob("benchmarks/flows/*.yaml")]
+               if not p.name.endswith((".persona.yaml", ".test.yaml")))  # flows only, not personas or tests
 
 
 @pytest.mark.parametrize("path", FLOWS, ids=lambda p: p.name)
