@@ -140,12 +140,12 @@ class Transport:
             raise EngineError("no Realtime URL to connect to")
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         try:
-            ws = await asyncio.wait_for(
-                ws_connect(endpoint.url, additional_headers=headers, max_size=MAX_FRAME,
-                                   open_timeout=open_timeout, ping_interval=ping_interval,
-                                   ping_timeout=ping_timeout, close_timeout=close_timeout),
-                open_timeout + 1,
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel (a signal's) that
+            # lands as the connection completes, and the interview would run on.
+            async with asyncio.timeout(open_timeout + 1):
+                ws = await ws_connect(endpoint.url, additional_headers=headers, max_size=MAX_FRAME,
+                                      open_timeout=open_timeout, ping_interval=ping_interval,
+                                      ping_timeout=ping_timeout, close_timeout=close_timeout)
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI, ValueError) as exc:
             # Exceptions may quote the request; keep the key out of anything we show.
             why = redact(str(exc) or type(exc).__name__, endpoint.secrets)

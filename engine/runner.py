@@ -232,6 +232,8 @@ class Session:
             return
         try:
             self.transport = await self.connect(self.endpoint)
+            if self._signal is not None:  # interrupted while connecting (a cancel some library dropped)
+                return
             if self._ready_player is not None:
                 self.player = self._ready_player
             else:
@@ -252,7 +254,8 @@ class Session:
             self.jobs = Jobs(group, self.deliver, self.job_fns)
             try:
                 await self._drive()
-                await self.jobs.wait(GRACE)  # results that come a little late still belong in the report
+                if self._signal is None:
+                    await self.jobs.wait(GRACE)  # results that come a little late still belong in the report
             finally:
                 for task in helpers:
                     task.cancel()
@@ -266,7 +269,7 @@ class Session:
         await self._execute(self.iv.start(0.0), 0.0)
         inbox = self.inbox
         try:
-            while not self.iv.done:
+            while not self.iv.done and self._signal is None:
                 self._arm(self.iv.next_deadline())
                 if inbox.empty():
                     if self._closed is not None and self._armed is None:
@@ -353,7 +356,8 @@ class Session:
                 case Fired():
                     self.view.fired(now, effect, self.iv.next_deadline())
                 case End():
-                    self._end = effect
+                    if self._signal is None:  # an interrupt's End stands: it came first
+                        self._end = effect
 
     def _collect_late_results(self) -> None:
         """Jobs that finished after the flow stopped waiting still belong in the report."""

@@ -241,6 +241,37 @@ def test_interrupt_ends_the_interview_and_a_second_one_skips_outputs_not_yet_beg
         json.loads((result.folder / "report.json").read_text())["outcome"] == "in_progress"
 
 
+def test_an_interrupt_whose_cancel_a_library_drops_still_ends_the_session_interrupted(tmp_path):
+    """Python 3.11's asyncio.wait_for drops a cancel that lands as the awaited thing completes (seen:
+    SIGTERM as the WebSocket opened, and the interview ran to its end). Whatever drops the cancel,
+    the interrupt's End stands and nothing more is driven."""
+    from engine import vloop
+    from engine.realtime import in_process
+    from engine.simulator import Simulator
+
+    holder = {}
+    real = in_process(serving(Simulator(seed=1)))
+
+    async def connect_dropping_the_cancel(endpoint):
+        holder["session"].interrupt("SIGTERM")  # the signal arrives while connecting...
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # ...and the library swallows it, completing the connection
+        return await real(endpoint)
+
+    async def main():
+        session = holder["session"] = Session(FLOW, Endpoint(URL, simulated=True), out=tmp_path, view=Watch(None),
+                                              connect=connect_dropping_the_cancel)
+        return await session.run()
+
+    result = vloop.run(main())
+    assert result.outcome == "interrupted" and exit_code(result) == 143
+    assert result.reason.startswith("interrupted by SIGTERM in state ")
+    report = outputs_agree(result.folder, outcome="interrupted")
+    assert report["counts"]["responses"] == 0  # the flow was not driven after the interrupt
+
+
 # Signals, for real: `engine run` in a subprocess against its embedded simulator --------------------
 
 

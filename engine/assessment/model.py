@@ -124,8 +124,9 @@ class ModelAssessor:
                 "json_schema": {"name": f"{name}_judgement", "strict": True, "schema": JUDGEMENT_SCHEMA},
             },
         }
-        # The socket timeout ends the thread; wait_for also bounds a server that trickles bytes.
-        raw = await asyncio.wait_for(asyncio.to_thread(self._post, body), self.timeout_s * 2)
+        # The socket timeout ends the thread; the timeout also bounds a server that trickles bytes.
+        async with asyncio.timeout(self.timeout_s * 2):
+            raw = await asyncio.to_thread(self._post, body)
         try:
             message = json.loads(raw)["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError) as e:

@@ -140,7 +140,8 @@ class Server:
         if not self._origin_ok(ws):
             return await self._refuse(ws, "origin")
         try:
-            hello = json.loads(await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT))
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                hello = json.loads(await ws.receive_text())
         except Exception:
             return await self._refuse(ws, "hello")
         if not isinstance(hello, dict) or hello.get("type") != "hello":

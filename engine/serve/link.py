@@ -107,7 +107,8 @@ class PageLink:
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drained(), 5)
+                async with asyncio.timeout(5):
+                    await self._drained()
         self.ended = True
         self._wake.set()
         with contextlib.suppress(asyncio.QueueFull):
