@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import stop_child
 from engine.serve.fake_page import FakePage
 from engine.store import Store
 
@@ -84,13 +85,7 @@ class Child:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_child(self.proc, 60)
 
 
 async def stats(base: str, window: float = 60.0) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks import stop_child
 from engine import flow as flowmod
 from engine.realtime import Endpoint
 from engine.runner import Session
@@ -107,13 +108,8 @@ class Simulator:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_child(self.proc, 10)
 
 
 def pct(values: list[float], q: float) -> float:

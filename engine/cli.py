@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # each command imports what it uses, so `engine --help` and `engine check` start fast
     from . import flow as flowmod
+    from .runner import Participant
 
 __all__ = ["main", "SCHEMAS"]
 
@@ -345,7 +346,7 @@ def _run(args: argparse.Namespace) -> int:
     return _session(args)
 
 
-def _session(args: argparse.Namespace, participant: Any = None) -> int:
+def _session(args: argparse.Namespace, participant: Participant | None = None) -> int:
     """`engine run` and `engine chat`: one session of the flow, through the runner's one ending path."""
     # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
     for number in (signal.SIGTERM, signal.SIGHUP):
