@@ -39,6 +39,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from engine import eventloop
 from engine import flow as flowmod
 from engine.effects import Send
 from engine.events import Event, parse
@@ -78,7 +79,7 @@ def record_trace(seed: int = 0, speed: float = 20, tries: int = 3) -> tuple[list
     recording is made again, up to `tries` times, and kept (and reported) if it persists."""
     for attempt in range(1, tries + 1):  # noqa: B007 (reported after the loop)
         with tempfile.TemporaryDirectory() as tmp:
-            path = asyncio.run(_record(Path(tmp), seed, speed))
+            path = eventloop.run(_record(Path(tmp), seed, speed))
             lines = list(read(path))
         barge_ins = sum(1 for line in lines if "in" in line and "engine" in line["in"]
                         and line["in"]["engine"]["type"] == "playback.stopped")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import stop_child
+from engine import eventloop
 from engine.serve.fake_page import FakePage
 from engine.store import Store
 
@@ -177,7 +178,7 @@ def run(steps: list[int], window: float, progress: bool = True, ramp: float = RA
                 t0 = time.monotonic()
                 if priority:
                     os.nice(nice)  # the pages: this process, after the serve process has started at 0
-                report["rows"] = asyncio.run(measure(serve.url, Store.open(str(db)), serve.pid, steps, window,
+                report["rows"] = eventloop.run(measure(serve.url, Store.open(str(db)), serve.pid, steps, window,
                                                      progress, ramp, settle))
                 report["simulator_cpu_core_pct"] = round((cpu_s(sim.pid) - sim0) / (time.monotonic() - t0) * 100, 1)
             finally:

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import eventloop
 from engine import flow as flowmod
 from engine.events import Event
 from engine.realtime import Connect, Endpoint, Transport, in_process
@@ -352,7 +353,7 @@ def run_real_time(seeds: list[int], speed: float = 1.0, spread_s: float = SPREAD
         with _Simulators(chosen, speed) as sims, tempfile.TemporaryDirectory(prefix="engine-turns-") as tmp:
             cpu0, sim0, wall0 = time.process_time(), sims.cpu_s(), time.perf_counter()
             plan = _plan(chosen, sims.urls, [None] * len(chosen))
-            more, more_lags = asyncio.run(_run_all(plan, flows, Path(tmp), speed, spread_s, CAP_S))
+            more, more_lags = eventloop.run(_run_all(plan, flows, Path(tmp), speed, spread_s, CAP_S))
             cpu["engine_cpu_s"] += time.process_time() - cpu0
             cpu["simulator_cpu_s"] += sims.cpu_s() - sim0
             cpu["wall_s"] += time.perf_counter() - wall0
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(_serve(list(range(args.seed, args.seed + args.seeds)), args.speed))
+        eventloop.run(_serve(list(range(args.seed, args.seed + args.seeds)), args.speed))
         return 0
     t0 = time.perf_counter()
     report = run(args.seeds, args.seed, args.virtual, args.speed, args.spread, args.group)

@@ -351,24 +351,22 @@ def _session(args: argparse.Namespace, participant: Participant | None = None) -
     # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, _raise_signalled)
-    import asyncio
-
+    from . import eventloop
     from .runner import run_session
 
     flow = load_flow_or_report(args.flow)
     if flow is None:
         return 2
-    status: int = asyncio.run(run_session(flow, args, participant))
+    status: int = eventloop.run(run_session(flow, args, participant))
     return status
 
 
 def _sim(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from . import eventloop
     from .simulator import run_forever
 
     try:
-        asyncio.run(run_forever(args.host, args.port, persona=args.persona, seed=args.seed,
+        eventloop.run(run_forever(args.host, args.port, persona=args.persona, seed=args.seed,
                                 faults=args.faults, speed=args.speed))
     except ValueError as exc:
         print(f"engine sim: {exc}", file=sys.stderr)

@@ -268,6 +268,7 @@ class Session:
         self.trace.start(0.0)
         await self._execute(self.iv.start(0.0), 0.0)
         inbox = self.inbox
+        last = 0.0  # the core's time never goes back, though a tick's may run ahead of the clock
         try:
             while not self.iv.done and self._signal is None:
                 self._arm(self.iv.next_deadline())
@@ -284,12 +285,13 @@ class Session:
                     deadline = event.data["deadline"]
                     if deadline != self.iv.next_deadline():
                         continue  # armed for a deadline that has moved since
-                    # The loop may wake a hair early (clock resolution): the deadline has passed.
-                    now = max(self.now(), deadline)
+                    # The loop may wake a hair early (uvloop's clock counts milliseconds): the
+                    # deadline has passed.
+                    now = last = max(self.now(), deadline, last)
                     self.trace.advance(now)
                     await self._execute(self.iv.advance(now), now)
                     continue
-                now = self.now()
+                now = last = max(self.now(), last)
                 self._observe(now, event)
                 try:
                     effects = self.iv.receive(event, now)

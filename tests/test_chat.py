@@ -163,7 +163,8 @@ def test_barge_silence_and_quit(starter: Path, tmp_path: Path) -> None:
     greeting = report["turns"][0]
     assert greeting["role"] == "interviewer" and 0 < greeting["heard_ms"] < 13_000  # truncated where it was cut
     (answer,) = [t for t in report["turns"] if t["role"] == "candidate"]
-    assert answer["text"] == "Sorry, could you say that again?" and answer["start"] < answer["end"]
+    # A typed turn takes no speaking time: its start and end may come in one pass of the loop.
+    assert answer["text"] == "Sorry, could you say that again?" and answer["start"] <= answer["end"]
     trace = (next(p for p in out.iterdir() if p.is_dir()) / "trace.jsonl").read_text()
     assert '"type":"conversation.item.truncate"' in trace
 

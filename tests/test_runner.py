@@ -292,3 +292,14 @@ states:
     report = outputs_agree(result.folder)
     assert report["turns"] == [] and report["counts"]["responses"] == 0
     assert "*(no turns)*" in (result.folder / "transcript.md").read_text()
+
+
+def test_sessions_run_on_uvloop_where_it_is_installed():
+    """`engine run`, `chat`, `sim` and `serve` run their sessions through engine.eventloop: the loop
+    the benchmarks measure (benchmarks/RESULTS.md, sessions per process) is the loop shipped."""
+    from engine import eventloop
+
+    async def loop_kind() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert eventloop.run(loop_kind()).startswith("uvloop")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import eventloop
 from .options import parse_duration
 
 if TYPE_CHECKING:  # imported when a command runs: `engine --help` stays quick
@@ -94,7 +95,7 @@ def serve_main(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail("serve", f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     try:
-        return asyncio.run(_serve(flow, args, store, sock, grace))
+        return eventloop.run(_serve(flow, args, store, sock, grace))
     finally:
         sock.close()
 
