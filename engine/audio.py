@@ -431,7 +431,8 @@ class DevicePlayer(_Notes):
     cost and PulseAudio's idle-sink stall. feed() appends under a lock; the callback copies at most
     one block, records when each sample will be heard (monotonic now + outputBufferDacTime -
     currentTime) and posts started/done events to the loop with call_soon_threadsafe; the loop
-    then emits them with call_at at that time (asyncio's loop.time() is time.monotonic()).
+    then emits them with call_at at that time (loop.time() is the monotonic clock: asyncio's exactly,
+    uvloop's in whole milliseconds read once per pass, so at most a millisecond behind).
     `played_ms` and `stop()` count audio handed to PortAudio: that part (<= one latency, 40-60 ms)
     can no longer be silenced and will be heard, so it is what `conversation.item.truncate` needs.
     """

@@ -76,16 +76,19 @@ class Timeline:
         clock = self.clock
         clock._pending[self.id] = t
         clock.notify()  # moving on may let another timeline go
+        reached = False
         while not interrupted():
-            delay = clock._delay(t)
-            if delay <= 0 and clock._first(self.id):
+            # The timer for `t` has run: `t` has come, though uvloop's millisecond clock may still
+            # read a hair earlier (waiting for the clock to agree would spin the loop).
+            reached = reached or clock._delay(t) <= 0
+            if reached and clock._first(self.id):
                 clock.now = max(clock.now, t)
                 return True
             try:
-                async with asyncio.timeout(delay if delay > 0 else None):
+                async with asyncio.timeout(None if reached else clock._delay(t)):
                     await clock.changed.wait()
             except TimeoutError:
-                pass
+                reached = True
         return False
 
     def close(self) -> None:
