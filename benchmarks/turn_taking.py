@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.serve:
-        eventloop.run(_serve(list(range(args.seed, args.seed + args.seeds)), args.speed))
+        asyncio.run(_serve(list(range(args.seed, args.seed + args.seeds)), args.speed))  # as `engine sim`
         return 0
     t0 = time.perf_counter()
     report = run(args.seeds, args.seed, args.virtual, args.speed, args.spread, args.group)

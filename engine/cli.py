@@ -362,11 +362,15 @@ def _session(args: argparse.Namespace, participant: Participant | None = None) -
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from . import eventloop
+    import asyncio
+
     from .simulator import run_forever
 
     try:
-        eventloop.run(run_forever(args.host, args.port, persona=args.persona, seed=args.seed,
+        # asyncio's own loop, not engine.eventloop's: the simulator stands in for a remote service, and
+        # uvloop rounds every timer to the millisecond and fires all that fall in one together, which
+        # sends every connection's frames in step (bursts no real service sends; benchmarks/RESULTS.md §5b).
+        asyncio.run(run_forever(args.host, args.port, persona=args.persona, seed=args.seed,
                                 faults=args.faults, speed=args.speed))
     except ValueError as exc:
         print(f"engine sim: {exc}", file=sys.stderr)

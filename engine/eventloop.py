@@ -1,8 +1,9 @@
 """The one way the engine runs an event loop: `run(main())`, on uvloop where it is installed, with
 the garbage collector set for a process that keeps many sessions alive.
 
-Every command that carries sessions (run, chat, sim, serve) and every benchmark of them goes
-through here, so the loop measured is the loop shipped. uvloop (libuv, in C) wakes a task with far
+Every command that carries sessions (run, chat, serve) and every benchmark of them goes through
+here, so the loop measured is the loop shipped. `engine sim` does not: a stand-in for a remote
+service keeps asyncio's microsecond timers (see engine/cli.py). uvloop (libuv, in C) wakes a task with far
 less work than asyncio's pure-Python selector loop: at 400 concurrent sessions in one process the
 loop's p99 lag is less than half (benchmarks/RESULTS.md). Where uvloop cannot be installed
 (Windows) the standard loop runs the same code.
@@ -20,15 +21,16 @@ __all__ = ["run"]
 T = TypeVar("T")
 
 
-# The collector's thresholds while sessions run: young collections 14x rarer, full ones 10x.
-# A full collection walks every live object; with 400 sessions alive it stopped the loop for
-# ~0.3 s about every 37 s (every session's audio late, and a second of catching up after it).
-GC_THRESHOLDS = (10_000, 10, 100)
+# The collector's thresholds while sessions run: full collections 10x rarer. A full collection
+# walks every live object; with 400 sessions alive it stopped the loop for ~0.3 s about every 37 s
+# (every session's audio late, and a second of catching up after it). Young collections keep
+# Python's 700: at 10,000 each took up to 42 ms, which the loop's lag showed as often.
+GC_THRESHOLDS = (700, 10, 100)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(main)` on the engine's loop, for a command's whole run (engine run, chat, sim,
-    serve; the benchmarks): what the process has loaded by then (modules, flows, schemas) is
+    """`asyncio.run(main)` on the engine's loop, for a command's whole run (engine run, chat, serve;
+    the benchmarks): what the process has loaded by then (modules, flows, schemas) is
     frozen out of the collector's sight, which then collects less often (GC_THRESHOLDS)."""
     gc.freeze()  # no collection first: it would cost the start-up ~50 ms to free a few KB
     gc.set_threshold(*GC_THRESHOLDS)

@@ -295,7 +295,7 @@ states:
 
 
 def test_sessions_run_on_uvloop_where_it_is_installed():
-    """`engine run`, `chat`, `sim` and `serve` run their sessions through engine.eventloop: the loop
+    """`engine run`, `chat` and `serve` run their sessions through engine.eventloop: the loop
     the benchmarks measure (benchmarks/RESULTS.md, sessions per process) is the loop shipped."""
     from engine import eventloop
 
