@@ -1,12 +1,12 @@
 """The one way the engine runs an event loop: `run(main())`, on uvloop where it is installed, with
 the garbage collector set for a process that keeps many sessions alive.
 
-Every command that carries sessions (run, chat, serve) and every benchmark of them goes through
-here, so the loop measured is the loop shipped. `engine sim` does not: a stand-in for a remote
-service keeps asyncio's microsecond timers (see engine/cli.py). uvloop (libuv, in C) wakes a task with far
-less work than asyncio's pure-Python selector loop: at 400 concurrent sessions in one process the
-loop's p99 lag is less than half (benchmarks/RESULTS.md). Where uvloop cannot be installed
-(Windows) the standard loop runs the same code.
+`engine run`, `chat`, `serve` and the benchmarks of them go through here, so the loop measured is
+the loop shipped. uvloop (libuv, in C) wakes a task with far less work than asyncio's pure-Python
+selector loop (400 sessions in one process: p99 lag 74 -> 40-50 ms with the collector set,
+benchmarks/RESULTS.md §5b). Where uvloop cannot be installed (Windows) the standard loop runs the
+same code. `engine sim` does not come here: a stand-in for a remote service keeps asyncio's
+microsecond timers (engine/cli.py says why).
 """
 
 from __future__ import annotations
