@@ -13,8 +13,11 @@ the session ends as interrupted, which is not timed).
 
 The same is done for `engine --help` and `engine check flows/assessment.yaml` (launch to exit),
 and each command's imports are listed from `python -X importtime` (which heavy packages it loads).
-Wall-clock times on a shared machine: min and median of N runs are reported; min is the one to
-compare (the machine can only add to it).
+Three modes (MODES): `env` as this machine runs it, `cached` with compiled modules kept (a
+pip-installed engine), `warm` also with the flow and persona kept validated by an earlier run
+(engine.cache: any later run of an unchanged flow). The modes take turns run by run, so each sees
+the machine's load of the same minutes. Wall-clock times on a shared machine: min and median of N
+runs are reported; min is the one to compare (the machine can only add to it).
 """
 
 from __future__ import annotations
@@ -118,10 +121,13 @@ def engine_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "engine"]
 
 
-def _env(probe_dir: Path | None, marks: Path | None, pycache: Path | None = None) -> dict[str, str]:
+def _env(probe_dir: Path | None, marks: Path | None, pycache: Path | None = None,
+         validated: Path | None = None) -> dict[str, str]:
     """The run's environment: this one without an API key; with `pycache`, compiled modules are
-    kept there (as an installed engine has them) even where PYTHONDONTWRITEBYTECODE is set."""
+    kept there (as an installed engine has them) even where PYTHONDONTWRITEBYTECODE is set; with
+    `validated`, the engine keeps validated flows and personas there (engine.cache), else not at all."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "PYTHONPATH")}
+    env["ENGINE_CACHE_DIR"] = str(validated) if validated is not None else "off"
     if pycache is not None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(pycache)
@@ -141,17 +147,18 @@ def _read_marks(path: Path) -> dict[str, float]:
     return marks
 
 
-def run_once(tmp: Path, i: int, importtime: bool = False, pycache: Path | None = None) -> tuple[dict[str, float], str]:
+def run_once(tmp: Path, i: int, importtime: bool = False, pycache: Path | None = None,
+             validated: Path | None = None) -> tuple[dict[str, float], str]:
     """One `engine run`: seconds from launch to each mark, and its stderr (with `importtime`, the
     interpreter's import times: that run is slower and is not one of the timed ones)."""
     probe_dir = tmp / "probe"
     probe_dir.mkdir(exist_ok=True)
     (probe_dir / "sitecustomize.py").write_text(PROBE)
-    tag = f"{'cached' if pycache else 'env'}{i}"
+    tag = f"{'env' if pycache is None else 'cold' if validated is None else 'warm'}{i}"
     marks_path = tmp / f"marks-{tag}.txt"
     out = tmp / f"out-{tag}"
     command = [*engine_command(), "run", str(FLOW), "--no-ui", "--audio", "none", "--out", str(out)]
-    env = _env(probe_dir, marks_path, pycache)
+    env = _env(probe_dir, marks_path, pycache, validated)
     if importtime:
         env["PYTHONPROFILEIMPORTTIME"] = "1"
     errors = tmp / f"stderr-{tag}.txt"
@@ -196,22 +203,21 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def time_command(args: list[str], runs: int, pycache: Path | None) -> list[float]:
+def time_command(args: list[str], runs: int, pycache: Path | None, validated: Path | None) -> list[float]:
     """Wall seconds from launch to exit of `engine ARGS`, `runs` times (after one untimed run)."""
     times = []
     for i in range(runs + 1):
         t0 = time.monotonic()
-        subprocess.run([*engine_command(), *args], cwd=ROOT, env=_env(None, None, pycache), capture_output=True,
-                       check=False, timeout=TIMEOUT_S)
-        if i:
+        subprocess.run([*engine_command(), *args], cwd=ROOT, env=_env(None, None, pycache, validated),
+                       capture_output=True, check=False, timeout=TIMEOUT_S)
+        if i:  # the first one fills the page cache
             times.append(time.monotonic() - t0)
-        times.append(time.monotonic() - t0)
     return times
 
 
-def imports_of(args: list[str], pycache: Path | None) -> dict[str, Any]:
+def imports_of(args: list[str], pycache: Path | None, validated: Path | None) -> dict[str, Any]:
     """Which of the HEAVY packages `engine ARGS` imports (from `python -X importtime`, one run)."""
-    env = {**_env(None, None, pycache), "PYTHONPROFILEIMPORTTIME": "1"}
+    env = {**_env(None, None, pycache, validated), "PYTHONPROFILEIMPORTTIME": "1"}
     proc = subprocess.run([*engine_command(), *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                           timeout=TIMEOUT_S)
     return parse_importtime(proc.stderr)
@@ -235,8 +241,11 @@ def summary(values: list[float]) -> dict[str, float]:
 
 MODES = {
     "env": "this machine's environment (PYTHONDONTWRITEBYTECODE=1 here: every engine module is compiled "
-           "from source at each launch)",
-    "cached": "compiled modules cached (PYTHONPYCACHEPREFIX; what a pip-installed engine has)",
+           "from source at each launch), no validated files kept (ENGINE_CACHE_DIR=off)",
+    "cached": "compiled modules cached (PYTHONPYCACHEPREFIX; what a pip-installed engine has), the flow and "
+              "persona validated at each launch (ENGINE_CACHE_DIR=off: a flow's first run after an edit)",
+    "warm": "compiled modules cached and the flow and persona kept validated by an earlier run (engine.cache: "
+            "every later run of an unchanged flow)",
 }
 
 
@@ -250,25 +259,31 @@ def run(runs: int = 10, progress: bool = False, modes: tuple[str, ...] = tuple(M
     }
     with tempfile.TemporaryDirectory(prefix="engine-startup-") as tmp_name:
         tmp = Path(tmp_name)
+        where = {m: (None if m == "env" else tmp / "pycache", tmp / "validated" if m == "warm" else None)
+                 for m in modes}
+        stderr: dict[str, str] = {}
+        samples: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for mode in modes:
-            pycache = tmp / "pycache" if mode == "cached" else None
-            run_once(tmp, -1, pycache=pycache)  # page cache, .pyc files: every measured run starts the same
-            _, stderr = run_once(tmp, -2, importtime=True, pycache=pycache)
-            samples: list[dict[str, float]] = []
-            for i in range(runs):
-                samples.append(run_once(tmp, i, pycache=pycache)[0])
+            run_once(tmp, -1, pycache=where[mode][0], validated=where[mode][1])  # page cache, .pyc, cache entries
+            stderr[mode] = run_once(tmp, -2, importtime=True, pycache=where[mode][0], validated=where[mode][1])[1]
+        for i in range(runs):  # the modes take turns: each sees the machine's load of the same minutes
+            for mode in modes:
+                samples[mode].append(run_once(tmp, i, pycache=where[mode][0], validated=where[mode][1])[0])
                 if progress:
                     print(f"  {mode} run {i + 1}/{runs}: first response.create at "
-                          f"{samples[-1]['first_create'] * 1000:.0f} ms", file=sys.stderr)
-            names = ["site", *WATCHED, "first_create", "cpu_at_first_create", "first_created", "first_audio"]
+                          f"{samples[mode][-1]['first_create'] * 1000:.0f} ms", file=sys.stderr)
+        names = ["site", *WATCHED, "first_create", "cpu_at_first_create", "first_created", "first_audio"]
+        for mode in modes:
+            pycache, validated = where[mode]
             report["modes"][mode] = {
-                "marks": {name: summary([s[name] for s in samples if name in s]) for name in names
-                          if any(name in s for s in samples)},
-                "samples": samples,
-                "help": summary(time_command(["--help"], runs, pycache)),
-                "check": summary(time_command(["check", str(FLOW)], runs, pycache)),
-                "imports": {"run": parse_importtime(stderr), "check": imports_of(["check", str(FLOW)], pycache),
-                            "help": imports_of(["--help"], pycache)},
+                "marks": {name: summary([s[name] for s in samples[mode] if name in s]) for name in names
+                          if any(name in s for s in samples[mode])},
+                "samples": samples[mode],
+                "help": summary(time_command(["--help"], runs, pycache, validated)),
+                "check": summary(time_command(["check", str(FLOW)], runs, pycache, validated)),
+                "imports": {"run": parse_importtime(stderr[mode]),
+                            "check": imports_of(["check", str(FLOW)], pycache, validated),
+                            "help": imports_of(["--help"], pycache, validated)},
             }
     report["load_after"] = os.getloadavg()
     return report
@@ -318,13 +333,13 @@ def imports_table(report: dict[str, Any], mode: str = "cached") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--modes", default=",".join(MODES), help="env, cached or both (comma-separated)")
+    parser.add_argument("--modes", default=",".join(MODES), help="env, cached, warm (comma-separated)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report = run(args.runs, progress=True, modes=tuple(args.modes.split(",")))
     print(table(report))
     print()
-    print(imports_table(report, next(iter(report["modes"]))))
+    print(imports_table(report, list(report["modes"])[-1]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -7,6 +7,7 @@ Each command imports what it needs when it runs, so `engine --help` starts at on
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -351,10 +352,16 @@ def _session(args: argparse.Namespace, participant: Participant | None = None) -
     # Until the session installs its own handlers, SIGTERM and SIGHUP stop with one line too.
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, _raise_signalled)
-    from . import eventloop
-    from .runner import run_session
+    # No collections while the session's modules and flow load: ~70 young collections that free
+    # almost nothing would cost ~35 ms before the first response.create.
+    gc.disable()
+    try:
+        from . import eventloop
+        from .runner import run_session
 
-    flow = load_flow_or_report(args.flow)
+        flow = load_flow_or_report(args.flow)
+    finally:
+        gc.enable()
     if flow is None:
         return 2
     status: int = eventloop.run(run_session(flow, args, participant))

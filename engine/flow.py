@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import cache as filecache
 from .errors import FlowError, Problem
 from .events import ALIASES, BETA_TO_GA, ENGINE_EVENTS, HIGH_RATE, SERVER_EVENTS, normalise_name
 from .source import Document, Unreadable, inside, parse_yaml, read_text
@@ -508,10 +509,22 @@ def parse(text: str, path: str = "<flow>", *, read: Callable[[str], str] | None 
 
 
 def load(path: str | Path, *, jobs: Iterable[str] | None = None) -> Flow:
-    """Read and check a flow file. Raises FlowError with every problem; Unreadable if unreadable."""
+    """Read and check a flow file. Raises FlowError with every problem; Unreadable if unreadable.
+
+    A flow checked against the installed jobs is kept (engine.cache): the next load of the same
+    files only reads them."""
     path = Path(path)
-    flow, problems = parse(read_text(path), str(path), read=lambda name: read_text(inside(path.parent, name)),
-                           jobs=_InstalledJobs() if jobs is None else jobs)
+    read = lambda name: read_text(inside(path.parent, name))  # noqa: E731
+    if jobs is not None:  # a caller's own job names: not what an entry was checked against
+        return _valid(parse(read_text(path), str(path), read=read, jobs=jobs))
+    flow = filecache.load("flow", path, lambda: _valid(parse(read_text(path), str(path), read=read,
+                                                             jobs=_InstalledJobs())))
+    flow._path = str(path)  # as this caller names it
+    return flow
+
+
+def _valid(parsed: tuple[Flow | None, list[Problem]]) -> Flow:
+    flow, problems = parsed
     if flow is None:
         raise FlowError([p for p in problems if not p.warning])
     return flow

@@ -17,11 +17,13 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Mapping
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .events import Event
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["Jobs", "JobFn", "registry", "warm_up"]
 
@@ -53,11 +55,32 @@ class _Installed:
         return await self.load()(inputs)
 
 
+class _Registry(Mapping[str, JobFn]):
+    """The installed jobs, read from the entry points when first asked for: importing
+    importlib.metadata and reading every package's entry points takes ~25 ms, which `engine run`
+    would otherwise spend before its first response.create (a flow starts no job that early)."""
+
+    @functools.cached_property
+    def _jobs(self) -> dict[str, JobFn]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: _Installed(ep) for ep in entry_points(group="engine.jobs")}
+
+    def __getitem__(self, name: str) -> JobFn:
+        return self._jobs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
 @functools.cache
-def registry() -> dict[str, JobFn]:
-    """Installed jobs by name (entry points in group `engine.jobs`). Looked up once per process:
-    reading every package's entry points takes ~14 ms, too long to block the loop per session."""
-    return {ep.name: _Installed(ep) for ep in entry_points(group="engine.jobs")}
+def registry() -> Mapping[str, JobFn]:
+    """Installed jobs by name (entry points in group `engine.jobs`), read once per process and only
+    when first used: ~14 ms to read, too long to block the loop per session."""
+    return _Registry()
 
 
 _warm: dict[Callable[[], None], concurrent.futures.Future[None]] = {}  # per warm-up hook, per process

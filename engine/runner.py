@@ -109,7 +109,7 @@ class Session:
         self.secrets = endpoint.secrets
         self.view = view or PlainView(secrets=self.secrets)
         self.sinks = sinks
-        self.job_fns = dict(registry()) if jobs is None else jobs
+        self.job_fns = registry() if jobs is None else jobs
         self.connect = connect
         self.live_input = live_input
         self._ready_player = player

@@ -14,32 +14,37 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from .errors import EngineError, Problem
 
-__all__ = ["Unreadable", "Document", "read_text", "parse_yaml", "read_yaml", "inside", "clean", "MAX_BYTES"]
+__all__ = ["Unreadable", "Document", "read_text", "recording", "noted", "parse_yaml", "read_yaml", "inside", "clean",
+           "MAX_BYTES"]
 
 MAX_BYTES = 1 << 20  # 1 MiB: a flow, persona or instructions file is a few KB
 MAX_DEPTH = 64  # nesting of mappings and sequences
 MAX_VALUES = 100_000  # values in the document once aliases are expanded
 
-# The C parser when PyYAML has it: the pure-Python scanner is quadratic on deep nesting (9 s for
-# 5,000 brackets) and 30x slower on large files. Both give the same nodes and positions.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    import yaml
+else:
+    yaml = None  # PyYAML, imported by the first parse (~15 ms that `engine run` of a kept flow skips)
 # Plain scalars that YAML 1.1 (PyYAML) and YAML 1.2 (editors, yaml-language-server) read differently.
 _SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+$")
 _OCTAL11 = re.compile(r"^[-+]?0[0-7_]+$")
+
+
+_reads: ContextVar[list[tuple[Path, bytes]] | None] = ContextVar("engine_reads", default=None)
 
 
 class Unreadable(EngineError):
@@ -82,7 +87,29 @@ def read_text(path: str | Path, *, limit: int = MAX_BYTES) -> str:
         os.close(fd)
     if len(data) > limit:
         raise Unreadable(path, f"larger than {limit // 1024} KiB; this is not a file the engine reads")
+    noted(Path(path), data)
     return _decode(path, data)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[tuple[Path, bytes]]]:
+    """The files `read_text` reads in this context, with their bytes (what engine.cache checks).
+    An enclosing recording gets them too."""
+    reads: list[tuple[Path, bytes]] = []
+    token = _reads.set(reads)
+    try:
+        yield reads
+    finally:
+        _reads.reset(token)
+        for path, data in reads:
+            noted(path, data)
+
+
+def noted(path: Path, data: bytes) -> None:
+    """Record that `data` was read from `path` (engine.cache, for what it took from an entry)."""
+    reads = _reads.get()
+    if reads is not None:
+        reads.append((path, data))
 
 
 @dataclass
@@ -139,7 +166,7 @@ def parse_yaml(text: str, path: str = "<yaml>") -> Document:
     MAX_VALUES values once aliases are expanded. Values YAML 1.2 reads differently are in `yaml11`.
     """
     doc = Document(clean(path))
-    loader = _Loader(text)
+    loader = _loader(text)
     collecting = gc.isenabled()
     gc.disable()  # a large document makes many containers and no cycles: collecting only costs time
     try:
@@ -164,6 +191,15 @@ def parse_yaml(text: str, path: str = "<yaml>") -> Document:
         return doc
     doc.data = data
     return doc
+
+
+def _loader(text: str) -> Any:
+    global yaml
+    if yaml is None:
+        import yaml
+    # The C parser when PyYAML has it: the pure-Python scanner is quadratic on deep nesting (9 s for
+    # 5,000 brackets) and 30x slower on large files. Both give the same nodes and positions.
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
 
 
 def read_yaml(path: str | Path, *, limit: int = MAX_BYTES) -> Document:

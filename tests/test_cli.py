@@ -195,3 +195,18 @@ def test_a_modeline_whose_schema_is_missing_is_left_out() -> None:
     assert "yaml-language-server" not in out["candidate.persona.yaml"]
     assert "persona.schema.json" not in out
     assert out["candidate.persona.yaml"].startswith("# The candidate the simulator plays")
+
+
+@pytest.mark.parametrize("content", [None, "name: x\ninitial: nowhere\nstates: {}\n"])
+def test_run_turns_the_collector_back_on_when_the_flow_cannot_be_used(content: str | None, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # `engine run` loads with the collector off (start-up); a flow it refuses must not leave it off.
+    import gc
+
+    path = tmp_path / "flow.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert gc.isenabled()
+    assert cli.main(["run", str(path), "--audio", "none", "--no-ui", "--out", str(tmp_path / "out")]) == 2
+    assert gc.isenabled()
+    assert str(path) in capsys.readouterr().err

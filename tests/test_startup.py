@@ -45,6 +45,33 @@ def test_the_simulator_starts_without_numpy() -> None:
     assert "engine.sim" in modules and "numpy" not in modules
 
 
+def test_a_kept_flow_and_persona_start_a_session_without_yaml_validators_or_entry_points(tmp_path: Path) -> None:
+    # What `engine run` does before its first response.create, the second time it runs a flow: the
+    # flow and the persona come from engine.cache (no YAML parsed, no validator built), and the job
+    # registry is not read yet (it is read when the first response is under way).
+    code = f"""
+import os
+os.environ["ENGINE_CACHE_DIR"] = {str(tmp_path / "cache")!r}
+from engine import flow, jobs
+from engine.sim import scenario
+from engine.runner import Session
+f = flow.load({str(ROOT / "flows" / "assessment.yaml")!r})
+p = scenario.load_persona(None)
+installed = jobs.registry()
+print(__import__("json").dumps([f.name, p.name, flow.Flow.__pydantic_complete__,
+                                scenario.Persona.__pydantic_complete__, "_jobs" in vars(installed)]))
+"""
+    first = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           check=True)
+    name, persona, *built = json.loads(first.stdout.splitlines()[-1])
+    assert built == [True, True, False]  # the first run validates (and keeps) both
+    again = imported_by(code)
+    assert "yaml" not in again and "engine.checks" not in again
+    second = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert json.loads(second.stdout.splitlines()[-1]) == [name, persona, False, False, False]
+
+
 FLOWS = sorted(p for p in [*ROOT.glob("flows/*.yaml"), *ROOT.glob("tests/flows/*.yaml"),
                            *ROOT.glob("benchmarks/flows/*.yaml")]
                if not p.name.endswith((".persona.yaml", ".test.yaml")))  # flows only, not personas or tests

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from .. import cache as filecache
 from ..errors import Problem
 from ..source import Document, Unreadable, parse_yaml, read_text
 
@@ -51,7 +53,9 @@ MAX_EXTENDS = 8  # a chain of `extends:` longer than this is a mistake (or a cyc
 
 def _strict() -> ConfigDict:
     # strict: the editor schema accepts exactly what the loader accepts ("1.5" is not a number).
-    return ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    # defer_build: the validators are built on first use, not at import; `engine run` takes its
+    # persona from engine.cache and never builds them (~30 ms before its first response.create).
+    return ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, defer_build=True)
 
 
 class _Model(BaseModel):
@@ -429,11 +433,15 @@ def load_persona(path: str | Path | None = None) -> Persona:
     if resolved is None:
         known = ", ".join(bundled_personas()) or "none installed"
         raise PersonaError([], f"{path}: no such persona file or bundled persona (bundled: {known})")
+    return filecache.load("persona", resolved, partial(_load, resolved))
+
+
+def _load(path: Path) -> Persona:
     try:
-        text = read_text(resolved)
+        text = read_text(path)
     except Unreadable as exc:
         raise PersonaError([], str(exc)) from None
-    persona, problems = _parse(text, resolved, ())
+    persona, problems = _parse(text, path, ())
     if persona is None:
         raise PersonaError([p for p in problems if not p.warning])
     return persona
