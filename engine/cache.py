@@ -59,6 +59,8 @@ def folder() -> Path | None:
     if not chosen:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         chosen = os.path.join(base, "engine")
+    if not os.path.isabs(chosen):  # no home to speak of (`~` unexpanded): not a folder in the cwd
+        return None
     try:
         os.makedirs(chosen, mode=0o700, exist_ok=True)
         st = os.stat(chosen)

@@ -123,7 +123,7 @@ def test_a_cache_that_cannot_be_written_never_fails_a_load(where: Path, tmp_path
     assert list(where.iterdir()) == []  # no half-written entry left behind
 
 
-@pytest.mark.parametrize("how", ["off", "shared", "not a folder"])
+@pytest.mark.parametrize("how", ["off", "shared", "not a folder", "relative"])
 def test_no_cache_where_it_is_off_or_others_could_write_it(how: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           validations: list[str]) -> None:
@@ -133,6 +133,9 @@ def test_no_cache_where_it_is_off_or_others_could_write_it(how: str, tmp_path: P
         os.chmod(folder, 0o777)
     elif how == "not a folder":
         folder.write_text("")
+    if how == "relative":  # e.g. no HOME: `~/.cache` stays unexpanded, and the cwd is no place for it
+        monkeypatch.chdir(tmp_path)
+        folder = Path("cache")
     monkeypatch.setenv("ENGINE_CACHE_DIR", "off" if how == "off" else str(folder))
     cache.folder.cache_clear()
     try:
@@ -191,3 +194,18 @@ def test_an_entry_used_inside_another_loader_counts_among_its_files(where: Path,
         assert {p.name for p, _ in reads} == {"flow.yaml", "instructions.txt"}
     (tmp_path / "f" / "instructions.txt").write_text("Changed.")
     assert cache.load("outer", tmp_path / "outer", lambda: flowmod.load(path)).session.instructions == "Changed."
+
+
+def test_the_folder_is_the_users_cache_unless_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENGINE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache.folder.cache_clear()
+    try:
+        assert cache.folder() == tmp_path / "xdg" / "engine"
+        assert (tmp_path / "xdg" / "engine").stat().st_mode & 0o777 == 0o700
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        cache.folder.cache_clear()
+        assert cache.folder() == tmp_path / "home" / ".cache" / "engine"
+    finally:
+        cache.folder.cache_clear()
