@@ -46,7 +46,8 @@ def load(kind: str, path: Path, loader: Callable[[], T]) -> T:
         return found  # type: ignore[no-any-return]
     with source.recording() as reads:
         result = loader()
-    _write(entry, ([(str(p), hashlib.sha256(data).digest()) for p, data in reads], _listings(reads), result))
+    files = [(os.path.abspath(p), hashlib.sha256(data).digest()) for p, data in reads]  # whatever the cwd later
+    _write(entry, (files, _listings(reads), result))
     return result
 
 

@@ -209,3 +209,15 @@ def test_the_folder_is_the_users_cache_unless_named(tmp_path: Path, monkeypatch:
         assert cache.folder() == tmp_path / "home" / ".cache" / "engine"
     finally:
         cache.folder.cache_clear()
+
+
+def test_an_entry_made_from_another_folder_checks_the_same_files(where: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loaded by a relative name, then from elsewhere: the entry names its files absolutely.
+    write_flow(tmp_path / "f")
+    monkeypatch.chdir(tmp_path)
+    flowmod.load(Path("f/flow.yaml"))
+    write_flow(tmp_path / "elsewhere" / "f")  # the same relative names, the old content
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "f" / "flow.yaml").write_text(FLOW.replace("name: cached", "name: edited"))
+    assert flowmod.load(tmp_path / "f" / "flow.yaml").name == "edited"
