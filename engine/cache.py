@@ -83,7 +83,7 @@ def _key(kind: str, path: Path) -> str:
 @functools.cache
 def _stamp() -> bytes:
     """What wrote an entry: this engine's modules (their sizes and times), pydantic, Python, and the
-    folders on sys.path (installing or removing a package, e.g. a job, changes them)."""
+    package folders on sys.path (installing or removing a package, e.g. a job, changes their times)."""
     import pydantic.version  # imported by every loader anyway (the entry holds its models)
 
     h = hashlib.sha256(f"{sys.version}\0{pydantic.version.VERSION}\0".encode())
@@ -94,11 +94,12 @@ def _stamp() -> bytes:
             if name.endswith(".py"):
                 st = os.stat(os.path.join(root, name))
                 h.update(f"{root}/{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    for entry in sys.path:
-        try:
-            h.update(f"{entry}\0{os.stat(entry or '.').st_mtime_ns}\0".encode())
-        except OSError:
-            h.update(f"{entry}\0-\0".encode())
+    for entry in sys.path:  # where packages are installed (not the cwd: it changes as files are made there)
+        if os.path.basename(entry) in ("site-packages", "dist-packages"):
+            try:
+                h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\0".encode())
+            except OSError:
+                h.update(f"{entry}\0-\0".encode())
     return h.digest()
 
 

@@ -221,3 +221,32 @@ def test_an_entry_made_from_another_folder_checks_the_same_files(where: Path, tm
     monkeypatch.chdir(tmp_path / "elsewhere")
     (tmp_path / "f" / "flow.yaml").write_text(FLOW.replace("name: cached", "name: edited"))
     assert flowmod.load(tmp_path / "f" / "flow.yaml").name == "edited"
+
+
+def test_installing_a_package_invalidates_files_made_elsewhere_do_not(where: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      validations: list[str]) -> None:
+    # A job is a package: a flow checked before it was installed (or removed) is checked again.
+    # The folder `python -m` runs from is on sys.path too, and files are made there all the time.
+    import sys
+
+    site, here = tmp_path / "lib" / "site-packages", tmp_path / "project"
+    site.mkdir(parents=True)
+    here.mkdir()
+    monkeypatch.setattr(sys, "path", [str(here), *sys.path, str(site)])
+    path = write_flow(tmp_path / "f")
+
+    def load_afresh() -> None:
+        cache._stamp.cache_clear()  # a new process
+        flowmod.load(path)
+
+    try:
+        load_afresh()
+        (here / "notes.txt").write_text("")
+        load_afresh()
+        assert len(validations) == 1
+        (site / "engine_extra_job-1.0.dist-info").mkdir()
+        load_afresh()
+        assert len(validations) == 2
+    finally:
+        cache._stamp.cache_clear()
