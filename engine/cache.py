@@ -67,7 +67,9 @@ def folder() -> Path | None:
         st = os.stat(chosen)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022 or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    if os.name == "posix" and (st.st_mode & 0o022 or st.st_uid != os.geteuid()):  # (Windows: the profile's ACLs)
         return None
     return Path(chosen)
 
