@@ -9,7 +9,8 @@ Rules of this module:
    and the folders they are in list the same files, and only by the engine, pydantic and Python
    that wrote it (their stamp names the entry). Anything else is a miss: the loader runs again.
 2. The cache only saves time. An entry that cannot be read, written or trusted is a miss; a failed
-   write is ignored; a loader's error is never kept (the next run reports it again).
+   write is ignored; a loader's error is never kept (the next run reports it again). It keeps the
+   MAX_ENTRIES entries used last (a few KB each).
 3. A pickle is code, as a .pyc is: entries live in the user's own folder (mode 0700, owned by them,
    writable by no one else; any other folder is not used): `$ENGINE_CACHE_DIR`, else
    `$XDG_CACHE_HOME/engine`, else `~/.cache/engine`. `ENGINE_CACHE_DIR=off` turns the cache off.
@@ -17,12 +18,14 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import pickle
 import stat
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +36,7 @@ __all__ = ["load", "folder"]
 
 T = TypeVar("T")
 _FORMAT = b"engine-cache/1"
+MAX_ENTRIES = 256
 
 
 def load(kind: str, path: Path, loader: Callable[[], T]) -> T:
@@ -46,8 +50,7 @@ def load(kind: str, path: Path, loader: Callable[[], T]) -> T:
         return found  # type: ignore[no-any-return]
     with source.recording() as reads:
         result = loader()
-    files = [(os.path.abspath(p), hashlib.sha256(data).digest()) for p, data in reads]  # whatever the cwd later
-    _write(entry, (files, _listings(reads), result))
+    _write(entry, reads, result)
     return result
 
 
@@ -129,13 +132,17 @@ def _read(entry: Path) -> Any:
         return None
     for path, data in reads:  # a loader that recorded this one depends on these files too
         source.noted(path, data)
+    with contextlib.suppress(OSError):
+        os.utime(entry)  # used now: pruning removes the entries used longest ago
     return result
 
 
-def _write(entry: Path, value: Any) -> None:
+def _write(entry: Path, reads: list[tuple[Path, bytes]], result: Any) -> None:
     import tempfile  # only on a miss
 
     try:
+        files = [(os.path.abspath(p), hashlib.sha256(data).digest()) for p, data in reads]  # whatever the cwd later
+        value = (files, _listings(reads), result)
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -144,5 +151,22 @@ def _write(entry: Path, value: Any) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
+        _prune(entry.parent)
     except Exception:  # a full disk or a read-only home: the next run validates again (rule 2)
         pass
+
+
+def _prune(where: Path) -> None:
+    """Keep the MAX_ENTRIES entries used last (each is a few KB; flows made by tools come and go),
+    and drop what a killed writer left behind."""
+    entries, stale, now = [], [], time.time()
+    for e in os.scandir(where):
+        st = e.stat()
+        if e.name.endswith(".pickle"):
+            entries.append((st.st_mtime, e.path))
+        elif e.name.endswith(".tmp") and now - st.st_mtime > 3600:
+            stale.append(e.path)
+    entries.sort()
+    for path in [*stale, *(p for _, p in entries[:max(0, len(entries) - MAX_ENTRIES)])]:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

@@ -250,3 +250,28 @@ def test_installing_a_package_invalidates_files_made_elsewhere_do_not(where: Pat
         assert len(validations) == 2
     finally:
         cache._stamp.cache_clear()
+
+
+def test_the_entries_used_last_are_kept_and_a_killed_writers_leftovers_go(where: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           validations: list[str]) -> None:
+    monkeypatch.setattr(cache, "MAX_ENTRIES", 3)
+    paths = [write_flow(tmp_path / f"f{i}") for i in range(5)]
+    where.mkdir(exist_ok=True)
+    leftover = where / ".half-written.tmp"
+    leftover.write_bytes(b"")
+    os.utime(leftover, (0, 0))
+    for path in paths[:3]:
+        flowmod.load(path)
+        for entry in where.glob("*.pickle"):  # file times in order of use, whatever the clock's grain
+            os.utime(entry, (entry.stat().st_mtime - 10, entry.stat().st_mtime - 10))
+    flowmod.load(paths[0])  # a hit: now the one used last
+    flowmod.load(paths[3])
+    flowmod.load(paths[4])
+    assert len(list(where.glob("*.pickle"))) == 3 and not leftover.exists()
+    del validations[:]
+    flowmod.load(paths[0])
+    flowmod.load(paths[4])
+    assert validations == []  # kept: used last
+    flowmod.load(paths[1])
+    assert validations == [str(paths[1])]  # pruned: used longest ago
