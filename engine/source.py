@@ -44,6 +44,7 @@ _SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+$")
 _OCTAL11 = re.compile(r"^[-+]?0[0-7_]+$")
 
 
+# What read_text has read while a `recording()` is open (engine.cache: what a kept file depends on).
 _reads: ContextVar[list[tuple[Path, bytes]] | None] = ContextVar("engine_reads", default=None)
 
 
