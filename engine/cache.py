@@ -44,7 +44,7 @@ def load(kind: str, path: Path, loader: Callable[[], T]) -> T:
     where = folder()
     if where is None:
         return loader()
-    entry = where / f"{kind}-{_key(kind, path)}.pickle"
+    entry = where / f"{kind}-{_key(path)}.pickle"
     found = _read(entry)
     if found is not None:
         return found  # type: ignore[no-any-return]
@@ -77,9 +77,8 @@ def folder() -> Path | None:
     return Path(chosen)
 
 
-def _key(kind: str, path: Path) -> str:
+def _key(path: Path) -> str:
     h = hashlib.sha256(_FORMAT)
-    h.update(kind.encode())
     h.update(os.fsencode(os.path.abspath(path)))
     h.update(_stamp())
     return h.hexdigest()[:32]
