@@ -18,6 +18,10 @@ pip-installed engine), `warm` also with the flow and persona kept validated by a
 (engine.cache: any later run of an unchanged flow). The modes take turns run by run, so each sees
 the machine's load of the same minutes. Wall-clock times on a shared machine: min and median of N
 runs are reported; min is the one to compare (the machine can only add to it).
+
+`--against TREE` also runs the engine of another checkout (`git worktree add TREE COMMIT`; its own
+`engine/` and `flows/assessment.yaml`, put first on the path) in turn with this one, and prints the
+ratio of the two: a before/after that holds on any machine, since both see the same minutes.
 """
 
 from __future__ import annotations
@@ -62,8 +66,11 @@ class _Watch:
 
     watched = set(_os.environ.get("ENGINE_STARTUP_WATCH", "").split(","))
 
+    # Where the simulator's session class lives: engine.sim.session, engine.simulator before the split.
+    hooked = {"engine.sim.session", "engine.simulator"}
+
     def find_spec(self, name, path=None, target=None):
-        if name not in self.watched and name != "engine.sim.session":
+        if name not in self.watched and name not in self.hooked:
             return None
         for finder in _sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -74,9 +81,9 @@ class _Watch:
 
                 def exec_module(module, run=run, name=name):
                     run(module)
-                    if name == "engine.sim.session":
+                    if name in self.hooked:
                         _hook(module)
-                    else:
+                    if name in self.watched:
                         _mark(name)
 
                 spec.loader.exec_module = exec_module
@@ -86,7 +93,11 @@ class _Watch:
 
 def _hook(module):
     """Mark the simulator's first received response.create and first sent response.created."""
-    cls = module.Session
+    found = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+             and "_on_response_create" in vars(c) and "_send" in vars(c)]
+    if not found:
+        return
+    cls = found[0]
     receive, send = cls._on_response_create, cls._send
     seen = set()
 
@@ -122,19 +133,23 @@ def engine_command() -> list[str]:
 
 
 def _env(probe_dir: Path | None, marks: Path | None, pycache: Path | None = None,
-         validated: Path | None = None) -> dict[str, str]:
+         validated: Path | None = None, tree: Path | None = None) -> dict[str, str]:
     """The run's environment: this one without an API key; with `pycache`, compiled modules are
     kept there (as an installed engine has them) even where PYTHONDONTWRITEBYTECODE is set; with
-    `validated`, the engine keeps validated flows and personas there (engine.cache), else not at all."""
+    `validated`, the engine keeps validated flows and personas there (engine.cache), else not at all;
+    with `tree`, that checkout's engine is imported instead of this one."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "PYTHONPATH")}
     env["ENGINE_CACHE_DIR"] = str(validated) if validated is not None else "off"
     if pycache is not None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    path = [str(tree)] if tree is not None else []
     if probe_dir is not None and marks is not None:
-        env["PYTHONPATH"] = str(probe_dir)
+        path.insert(0, str(probe_dir))
         env["ENGINE_STARTUP_PROBE"] = str(marks)
         env["ENGINE_STARTUP_WATCH"] = ",".join(WATCHED)
+    if path:  # before site-packages, so before the editable install's finder
+        env["PYTHONPATH"] = os.pathsep.join(path)
     return env
 
 
@@ -148,23 +163,25 @@ def _read_marks(path: Path) -> dict[str, float]:
 
 
 def run_once(tmp: Path, i: int, importtime: bool = False, pycache: Path | None = None,
-             validated: Path | None = None) -> tuple[dict[str, float], str]:
+             validated: Path | None = None, tree: Path | None = None) -> tuple[dict[str, float], str]:
     """One `engine run`: seconds from launch to each mark, and its stderr (with `importtime`, the
     interpreter's import times: that run is slower and is not one of the timed ones)."""
     probe_dir = tmp / "probe"
     probe_dir.mkdir(exist_ok=True)
     (probe_dir / "sitecustomize.py").write_text(PROBE)
-    tag = f"{'env' if pycache is None else 'cold' if validated is None else 'warm'}{i}"
+    tag = f"{'base-' if tree else ''}{'env' if pycache is None else 'cold' if validated is None else 'warm'}{i}"
     marks_path = tmp / f"marks-{tag}.txt"
     out = tmp / f"out-{tag}"
-    command = [*engine_command(), "run", str(FLOW), "--no-ui", "--audio", "none", "--out", str(out)]
-    env = _env(probe_dir, marks_path, pycache, validated)
+    root = tree or ROOT
+    command = [*engine_command(), "run", str(root / FLOW.relative_to(ROOT)), "--no-ui", "--audio", "none",
+               "--out", str(out)]
+    env = _env(probe_dir, marks_path, pycache, validated, tree)
     if importtime:
         env["PYTHONPROFILEIMPORTTIME"] = "1"
     errors = tmp / f"stderr-{tag}.txt"
     t0 = time.monotonic()
     with open(errors, "w") as stderr:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         while "first_create" not in (marks := _read_marks(marks_path)):
             if proc.poll() is not None:
@@ -234,6 +251,12 @@ def parse_importtime(text: str) -> dict[str, Any]:
     return {"modules": len(cumulative), "heavy_ms": heavy}
 
 
+def _commit(tree: Path) -> str:
+    proc = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False, timeout=TIMEOUT_S)
+    return proc.stdout.strip() or "?"
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"min_ms": min(values) * 1000, "median_ms": statistics.median(values) * 1000,
             "max_ms": max(values) * 1000, "n": len(values)}
@@ -249,7 +272,9 @@ MODES = {
 }
 
 
-def run(runs: int = 10, progress: bool = False, modes: tuple[str, ...] = tuple(MODES)) -> dict[str, Any]:
+def run(runs: int = 10, progress: bool = False, modes: tuple[str, ...] = tuple(MODES),
+        against: Path | None = None) -> dict[str, Any]:
+    """`runs` launches per mode (and per engine, with `against`), the modes and engines in turn."""
     report: dict[str, Any] = {
         "runs": runs,
         "command": " ".join(["engine", "run", str(FLOW.relative_to(ROOT)), "--no-ui", "--audio", "none",
@@ -263,16 +288,29 @@ def run(runs: int = 10, progress: bool = False, modes: tuple[str, ...] = tuple(M
                  for m in modes}
         stderr: dict[str, str] = {}
         samples: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+        base: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for mode in modes:
             run_once(tmp, -1, pycache=where[mode][0], validated=where[mode][1])  # page cache, .pyc, cache entries
             stderr[mode] = run_once(tmp, -2, importtime=True, pycache=where[mode][0], validated=where[mode][1])[1]
-        for i in range(runs):  # the modes take turns: each sees the machine's load of the same minutes
+            if against is not None:
+                run_once(tmp, -1, pycache=where[mode][0], validated=where[mode][1], tree=against)
+        for i in range(runs):  # modes and engines take turns: each sees the machine's load of the same minutes
             for mode in modes:
                 samples[mode].append(run_once(tmp, i, pycache=where[mode][0], validated=where[mode][1])[0])
+                if against is not None:
+                    base[mode].append(run_once(tmp, i, pycache=where[mode][0], validated=where[mode][1],
+                                               tree=against)[0])
                 if progress:
                     print(f"  {mode} run {i + 1}/{runs}: first response.create at "
-                          f"{samples[mode][-1]['first_create'] * 1000:.0f} ms", file=sys.stderr)
+                          f"{samples[mode][-1]['first_create'] * 1000:.0f} ms"
+                          + (f" (against: {base[mode][-1]['first_create'] * 1000:.0f} ms)" if against else ""),
+                          file=sys.stderr)
         names = ["site", *WATCHED, "first_create", "cpu_at_first_create", "first_created", "first_audio"]
+        if against is not None:
+            report["against"] = {"tree": str(against), "commit": _commit(against), "modes": {
+                mode: {"marks": {name: summary([s[name] for s in base[mode] if name in s]) for name in names
+                                 if any(name in s for s in base[mode])}, "samples": base[mode]}
+                for mode in modes}}
         for mode in modes:
             pycache, validated = where[mode]
             report["modes"][mode] = {
@@ -318,6 +356,19 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def against_table(report: dict[str, Any]) -> str:
+    """This engine against the other checkout's, launch -> first response.create, per mode."""
+    base = report["against"]
+    rows = [f"| mode | this: min | this: median | {base['commit']}: min | {base['commit']}: median "
+            "| ratio of mins | ratio of medians |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for mode, other in base["modes"].items():
+        a, b = report["modes"][mode]["marks"]["first_create"], other["marks"]["first_create"]
+        rows.append(f"| {mode} | {a['min_ms']:.0f} ms | {a['median_ms']:.0f} ms | {b['min_ms']:.0f} ms "
+                    f"| {b['median_ms']:.0f} ms | {a['min_ms'] / b['min_ms']:.2f} "
+                    f"| {a['median_ms'] / b['median_ms']:.2f} |")
+    return "\n".join(rows)
+
+
 def imports_table(report: dict[str, Any], mode: str = "cached") -> str:
     imports = report["modes"][mode]["imports"]
     rows = ["| command | modules imported | heavy packages among them (cumulative import ms under -X importtime) |",
@@ -335,9 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--modes", default=",".join(MODES), help="env, cached, warm (comma-separated)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="also run the engine of this checkout (e.g. a git worktree of an older commit)")
     args = parser.parse_args(argv)
-    report = run(args.runs, progress=True, modes=tuple(args.modes.split(",")))
+    if args.against is not None and not (args.against / "engine" / "cli.py").is_file():
+        parser.error(f"{args.against}: not a checkout of the engine (no engine/cli.py)")
+    against = args.against.resolve() if args.against is not None else None
+    report = run(args.runs, progress=True, modes=tuple(args.modes.split(",")), against=against)
     print(table(report))
+    if against is not None:
+        print()
+        print(against_table(report))
     print()
     print(imports_table(report, list(report["modes"])[-1]))
     if args.json:

@@ -6,6 +6,7 @@ never sends a response.create while one is in progress). Dead air is measured on
 so its numbers are deterministic and may be asserted; the core's speed is not.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -110,6 +111,24 @@ def test_startup_benchmark_runs():
     # The warm mode's runs take the flow and persona from the cache the first run filled: no YAML read.
     assert "yaml" in report["modes"]["cached"]["imports"]["run"]["heavy_ms"]
     assert "yaml" not in report["modes"]["warm"]["imports"]["run"]["heavy_ms"]
+
+
+def test_startup_benchmark_runs_another_checkouts_engine_in_turn(tmp_path):
+    from benchmarks import startup
+
+    # A checkout that says when its engine is imported: the runs against it must import that one.
+    tree = tmp_path / "other"
+    shutil.copytree(startup.ROOT / "engine", tree / "engine", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(startup.ROOT / "flows", tree / "flows")
+    witness = tmp_path / "imported"
+    init = tree / "engine" / "__init__.py"
+    init.write_text(init.read_text() + f"\nopen({str(witness)!r}, 'a').write('x')\n")
+
+    report = startup.run(runs=1, modes=("warm",), against=tree)
+    assert witness.read_text() == "xx"  # the untimed run and the timed one; never this checkout's runs
+    other = report["against"]["modes"]["warm"]["marks"]
+    assert 0 < other["site"]["min_ms"] < other["first_create"]["min_ms"]
+    assert "ratio of mins" in startup.against_table(report)
 
 
 def test_sessions_benchmark_runs_and_reports_cpu_and_memory_per_session(tmp_path):
