@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import eventloop
+from engine import eventloop, vloop
 from engine import flow as flowmod
 from engine.events import Event
 from engine.realtime import Connect, Endpoint, Transport, in_process
@@ -210,15 +210,18 @@ async def _run_all(plan: list[tuple[str, int, str, Connect | None]], flows: dict
     """Every (variant, seed, url, connect) of the plan as a session, starts spread over `spread_s`;
     returns the runs and the event loop's lag samples (seconds) while they ran."""
     loop = asyncio.get_running_loop()
+    # Lag on the system clock in real time, as benchmarks/sessions.py (uvloop's loop.time() is whole
+    # milliseconds, read once per loop pass, and would hide part of the lateness); on virtual time, the loop's.
+    clock = loop.time if isinstance(loop, vloop.VirtualLoop) else time.perf_counter
     runs: list[Run] = []
     lags: list[float] = []
     stop = asyncio.Event()
 
     async def ticker() -> None:
         while not stop.is_set():
-            t = loop.time()
+            t = clock()
             await asyncio.sleep(TICK_S)
-            lags.append(loop.time() - t - TICK_S)
+            lags.append(clock() - t - TICK_S)
 
     async def one(i: int, variant: str, seed: int, url: str, connect: Connect | None) -> None:
         await asyncio.sleep(spread_s * i / max(1, len(plan)))
@@ -253,7 +256,6 @@ def _plan(seeds: list[int], urls: list[str], connects: list[Connect | None]) -> 
 
 
 def run_virtual(seeds: list[int]) -> tuple[list[Run], list[float]]:
-    from engine import vloop
     from engine.simulator import Simulator
 
     flows = {v: flowmod.load(path) for v, (_, path) in VARIANTS.items()}
