@@ -23,9 +23,10 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from engine import flow as flowmod
@@ -390,7 +391,8 @@ def timeline(lines: Iterable[dict[str, Any]]) -> str:
                    f'{escape(name)}</text>')
     svg.append("</g>")
     step = _tick_step(end)
-    svg.append(f'<g class="axis"><line x1="{label_w}" y1="{bottom}" x2="{label_w + plot_w}" y2="{bottom}" stroke="#333"/>')
+    svg.append(f'<g class="axis"><line x1="{label_w}" y1="{bottom}" x2="{label_w + plot_w}" y2="{bottom}" '
+               'stroke="#333"/>')
     for k in range(int(end / step) + 1):
         t = k * step
         svg.append(f'<line x1="{x(t):.1f}" y1="{bottom}" x2="{x(t):.1f}" y2="{bottom + 4}" stroke="#333"/>'
@@ -412,12 +414,14 @@ def _response_row(r: _Response, x: Any, y: float) -> list[str]:
         out.append(f'<line class="req" x1="{x(r.requested):.1f}" y1="{y + 11}" x2="{x(r.created):.1f}" y2="{y + 11}">'
                    f'<title>requested {r.requested:.2f}s</title></line>')
     if r.created is not None:
-        out.append(f'<rect class="gen" x="{x(r.created):.1f}" y="{y + 4}" width="{max(x(r.done) - x(r.created), 1):.1f}" '
-                   f'height="14"><title>generating {r.created:.2f}–{r.done or 0:.2f}s ({r.status})</title></rect>')
+        width = max(x(r.done) - x(r.created), 1)
+        out.append(f'<rect class="gen" x="{x(r.created):.1f}" y="{y + 4}" width="{width:.1f}" height="14">'
+                   f'<title>generating {r.created:.2f}–{r.done or 0:.2f}s ({r.status})</title></rect>')
     if r.heard is not None:
         cls = "cut" if r.cut else "heard" if r.heard_end is not None else "heard guessed"
         until = r.heard_until()
-        what = "cut by barge-in" if r.cut else "heard" if r.heard_end is not None else "playing (no playback.done; length)"
+        what = ("cut by barge-in" if r.cut else "heard" if r.heard_end is not None
+                else "playing (no playback.done; length)")
         out.append(f'<rect class="{cls}" x="{x(r.heard):.1f}" y="{y + 8}" width="{max(x(until) - x(r.heard), 1):.1f}" '
                    f'height="6"><title>{what} {r.heard:.2f}–{until:.2f}s</title></rect>')
     return out
